@@ -1,0 +1,29 @@
+# Shoal's developer entry points. Every target installs what it needs first (scripts/setup is idempotent).
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint typecheck unit bench-kvstore bench-scheduler
+
+setup:
+	scripts/setup
+
+lint: setup
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+# The whole suite: lint, types, then every test (unit, contract on real etcd and ZooKeeper, integration).
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+bench-kvstore: setup
+	$(BIN)/python -m bench.kvstore
+
+bench-scheduler: setup
+	$(BIN)/python -m bench.scheduler
