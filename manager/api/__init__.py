@@ -1,0 +1,1 @@
+"""The manager's HTTP API (aiohttp): app factory, routes, OpenAPI document."""
