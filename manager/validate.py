@@ -10,7 +10,8 @@ import re
 
 from api.objects import NetworkSpec, SecretSpec, ServiceMode, ServiceSpec, VolumeSpec
 from manager.errors import InvalidSpec
-from scheduler import InvalidExpression, parse_constraint, parse_preference
+from scheduler import InvalidExpression, parse_preference
+from scheduler.from_api import check_expressions
 
 #: Docker's rule for object names (services, networks, secrets, volumes).
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -42,8 +43,7 @@ def check_service(spec: ServiceSpec) -> None:
         raise InvalidSpec("replicas", "replicas can only be used with replicated mode")
     placement = spec.task.placement
     try:
-        for expression in placement.constraints:
-            parse_constraint(expression)
+        check_expressions(placement.constraints)  # both syntaxes, and classic affinities
         for pref in placement.preferences:
             parse_preference(f"spread={pref.spread}")
     except InvalidExpression as e:

@@ -4,7 +4,8 @@ each slot's history.
 A slot is *active* while its newest task is wanted running (desired state ≤ RUNNING). That task may have
 ended: then the restart policy decides whether a new task takes the slot (after the restart delay) or the
 slot stays as it ended (``docker service ps`` shows it Complete/Failed and it still counts toward the
-replicas, as in Docker). Scaling down shuts whole slots down, choosing the least useful first: slots
+replicas, as in Docker). A task on a drained node is replaced at once. Scaling down shuts whole slots
+down, choosing the least useful first: slots
 whose task is not running, then slots on the nodes holding most of the service, then the highest numbers.
 """
 
@@ -15,6 +16,7 @@ from collections import Counter
 from datetime import datetime
 
 from api import Node, Service, Task, TaskState
+from api.objects import NodeAvailability
 from manager.orchestrator import restart
 from manager.orchestrator.plan import Plan, group_by_slot, new_task, wants_running
 
@@ -38,10 +40,19 @@ def reconcile_replicated(
         active[slot] = newest
         if restart.has_ended(newest):
             _restart_slot(plan, service, slot, newest, history, now)
+        elif _drained(newest, nodes):
+            # A drained node's tasks move elsewhere at once: no restart policy, no delay.
+            _replace_in_plan(plan, restart.replace_ended(newest))
+            plan.create.append(new_task(service, slot, now))
 
     _scale(plan, service, active, now)
     plan.delete += trim_history(slots, history_limit)
     return plan
+
+
+def _drained(task: Task, nodes: dict[str, Node]) -> bool:
+    node = nodes.get(task.node_id) if task.node_id else None
+    return node is not None and node.spec.availability is NodeAvailability.DRAIN
 
 
 def _restart_slot(

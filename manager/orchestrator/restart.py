@@ -2,7 +2,8 @@
 
 Docker's semantics: ``--restart-condition`` none / on-failure / any (default any), ``--restart-delay``
 (default 5 s) counted from the moment the task ended, ``--restart-max-attempts`` counted over
-``--restart-window`` (0: the slot's whole history). A task lost with its node is a failure, not a success.
+``--restart-window`` (0: the slot's whole history). A task lost with its node is a failure, not a success,
+and is replaced at once: losing a node is not a crash loop to slow down.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def decide(policy: RestartPolicy, ended: Task, slot_history: list[Task], now: da
             restarts = [t for t in restarts if t.meta.created_at >= since]
         if len(restarts) >= policy.max_attempts:
             return RestartDecision(False, reason=f"reached {policy.max_attempts} restart attempts")
+    if state is TaskState.ORPHANED:
+        # Lost with its node: not a crash loop to slow down, so it is replaced at once.
+        return RestartDecision(True, not_before=now)
     not_before = ended.status.timestamp + timedelta(microseconds=policy.delay_ns // 1000)
     return RestartDecision(True, not_before=not_before)
 

@@ -172,3 +172,15 @@ def test_history_is_trimmed_to_the_limit_keeping_the_newest() -> None:
     )
     assert [t.meta.id for t in plan.delete] == [t.meta.id for t in old[:3]]
     assert not plan.create and not plan.update
+
+
+def test_tasks_of_a_drained_node_move_at_once() -> None:
+    from api.objects import NodeAvailability, NodeSpec
+
+    svc = make_service(2, RestartPolicy(condition=RestartCondition.NONE, delay_ns=60 * SECOND))
+    a, b = running(svc, 1, "n1"), running(svc, 2, "n2")
+    nodes = ready_nodes("n1", "n2")
+    nodes["n2"] = replace(nodes["n2"], spec=NodeSpec(availability=NodeAvailability.DRAIN))
+    plan = reconcile_replicated(svc, [a, b], nodes, T0)
+    assert [t.slot for t in plan.create] == [2] and plan.create[0].node_id == ""
+    assert [(t.meta.id, t.desired_state) for t in plan.update] == [(b.meta.id, TaskState.SHUTDOWN)]

@@ -1,0 +1,160 @@
+"""One manager: the store and its cache, the API, agent sessions, and the leader's loop while it leads.
+
+Every manager serves the API and agent sessions; the one that wins the election also runs the
+:class:`~manager.leader.Leader` loop. When it loses the leadership it stops the loop at once and campaigns
+again, so at most one manager ever runs orchestrators against the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from api import Cluster, new_id
+from api.objects import ClusterStatus, JoinTokens, Meta
+from kvstore_adapters import KVStore, open_store
+from kvstore_adapters.election import Election
+from manager.api.app import make_app
+from manager.errors import AlreadyExists
+from manager.leader import Leader
+from manager.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+CLUSTER_ID = "default"
+LEADER_KEY = "leader"
+_TOKEN_ALPHABET = string.digits + string.ascii_lowercase
+
+
+def join_token() -> str:
+    """A join token in Docker's shape: ``SWMTKN-1-<50 characters>-<25 characters>``."""
+
+    def part(n: int) -> str:
+        return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(n))
+
+    return f"SWMTKN-1-{part(50)}-{part(25)}"
+
+
+@dataclass
+class ManagerConfig:
+    """How to run one manager."""
+
+    store_url: str
+    #: TCP address for the API and agent sessions ("127.0.0.1:2377"); "" for none.
+    listen: str = "127.0.0.1:2377"
+    #: Unix socket for local clients; "" for none.
+    socket: str = ""
+    manager_id: str = field(default_factory=new_id)
+    #: Election lease TTL in seconds: a dead leader is replaced within this.
+    election_ttl: float = 5.0
+
+
+class Manager:
+    """A running manager; ``await start()`` then ``await stop()``."""
+
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        self.kv: KVStore | None = None
+        self.store: ObjectStore | None = None
+        self.election: Election | None = None
+        self.leader: Leader | None = None
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._campaign: asyncio.Task[None] | None = None
+        #: Set while this manager leads.
+        self.leading = asyncio.Event()
+
+    async def start(self) -> None:
+        """Connect to the store, load the cluster, serve, and start campaigning."""
+        self.kv = await open_store(self.config.store_url)
+        self.store = ObjectStore(self.kv)
+        await self.store.start()
+        await self._ensure_cluster()
+        self.app = make_app(self.store)
+        self._mount_dispatcher(self.app)
+        self._runner = web.AppRunner(self.app, handle_signals=False)
+        await self._runner.setup()
+        if self.config.listen:
+            host, _, port = self.config.listen.rpartition(":")
+            await web.TCPSite(self._runner, host or "0.0.0.0", int(port)).start()
+        if self.config.socket:
+            Path(self.config.socket).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.config.socket).unlink()
+            await web.UnixSite(self._runner, self.config.socket).start()
+            Path(self.config.socket).chmod(0o600)  # root only, like docker.sock
+        self.election = Election(self.kv, LEADER_KEY, self.config.manager_id, ttl=self.config.election_ttl)
+        self._campaign = asyncio.create_task(self._lead_when_elected(), name="manager-campaign")
+
+    def _mount_dispatcher(self, app: web.Application) -> None:
+        try:
+            from manager.dispatcher import Dispatcher
+        except ImportError:  # agent sessions are optional for API-only managers
+            return
+        assert self.store is not None
+        Dispatcher(self.store).mount(app)
+
+    async def _ensure_cluster(self) -> None:
+        assert self.store is not None
+        if self.store.get(Cluster, CLUSTER_ID) is not None:
+            return
+        cluster = Cluster(
+            meta=Meta(id=CLUSTER_ID),
+            status=ClusterStatus(join_tokens=JoinTokens(worker=join_token(), manager=join_token())),
+        )
+        try:
+            created = await self.store.create(cluster)
+            await self.store.wait_for(created.meta.version)
+            log.info("initialised a new cluster")
+        except AlreadyExists:  # another manager initialised it first
+            await self.store.wait_for(await self.kv.revision() if self.kv else 0)
+
+    async def _lead_when_elected(self) -> None:
+        assert self.election is not None and self.store is not None
+        while True:
+            await self.election.campaign()
+            log.info("manager %s is the leader", self.config.manager_id)
+            self.leading.set()
+            self.leader = Leader(self.store)
+            run = asyncio.create_task(self.leader.run(), name="leader-loop")
+            lost = asyncio.create_task(self.election.lost.wait(), name="leader-lost")
+            done, _ = await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (run, lost):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            self.leading.clear()
+            self.leader = None
+            if run in done and run.exception() is not None:
+                log.error("the leader loop failed: %r; resigning", run.exception())
+                await self.election.resign()
+            else:
+                log.warning("manager %s lost the leadership", self.config.manager_id)
+
+    async def stop(self) -> None:
+        """Stop leading (handing over at once), serving and following the store."""
+        if self._campaign is not None:
+            self._campaign.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._campaign
+        if self.election is not None:
+            await self.election.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.store is not None:
+            await self.store.stop()
+        if self.kv is not None:
+            await self.kv.close()
+
+    def cluster(self) -> Any:
+        """The cluster object (tokens, settings)."""
+        assert self.store is not None
+        return self.store.must_get(Cluster, CLUSTER_ID)

@@ -1,0 +1,154 @@
+"""The leader's loop on an in-memory store: services become assigned tasks, scale, explain, and go away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+import pytest
+
+from api import Annotations, Node, Service, Task, TaskState
+from api.objects import (
+    ContainerSpec,
+    Meta,
+    NodeDescription,
+    NodeSpec,
+    NodeState,
+    NodeStatus,
+    Placement,
+    Resources,
+    ServiceMode,
+    ServiceSpec,
+    TaskSpec,
+)
+from kvstore_adapters.memory import MemoryStore
+from manager.leader import Leader
+from manager.store import ObjectStore
+
+WAIT = 5.0
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[ObjectStore, Leader]]:
+    kv = MemoryStore()
+    await kv.connect()
+    store = ObjectStore(kv)
+    await store.start()
+    for i in range(1, 4):
+        await store.create(
+            Node(
+                meta=Meta(id=f"n{i}"),
+                spec=NodeSpec(annotations=Annotations(labels={"zone": "eu" if i < 3 else "us"})),
+                status=NodeStatus(
+                    state=NodeState.READY,
+                    description=NodeDescription(
+                        hostname=f"host{i}", resources=Resources(4_000_000_000, 8 << 30)
+                    ),
+                ),
+            )
+        )
+    leader = Leader(store)
+    run = asyncio.create_task(leader.run())
+    yield store, leader
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await store.stop()
+    await kv.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = WAIT) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+def service(name: str, replicas: int = 1, **placement: object) -> Service:
+    return Service(
+        spec=ServiceSpec(
+            annotations=Annotations(name=name),
+            replicas=replicas,
+            task=TaskSpec(container=ContainerSpec(image="busybox"), placement=Placement(**placement)),  # type: ignore[arg-type]
+        )
+    )
+
+
+def live(store: ObjectStore, service_id: str) -> list[Task]:
+    return [t for t in store.tasks_of_service(service_id) if t.desired_state is TaskState.RUNNING]
+
+
+async def test_replicas_are_created_assigned_and_spread(cluster: tuple[ObjectStore, Leader]) -> None:
+    store, _ = cluster
+    svc = await store.create(service("web", 6))
+    await until(
+        lambda: len([t for t in live(store, svc.meta.id) if t.status.state is TaskState.ASSIGNED]) == 6
+    )
+    tasks = live(store, svc.meta.id)
+    assert sorted(t.slot for t in tasks) == [1, 2, 3, 4, 5, 6]
+    per_node = sorted([t.node_id for t in tasks].count(n) for n in ("n1", "n2", "n3"))
+    assert per_node == [2, 2, 2]
+
+    svc = store.must_get(Service, svc.meta.id)
+    await store.update(replace(svc, spec=replace(svc.spec, replicas=2)))
+    await until(lambda: len(live(store, svc.meta.id)) == 2)
+
+
+async def test_constraints_and_their_explanation(cluster: tuple[ObjectStore, Leader]) -> None:
+    store, _ = cluster
+    eu = await store.create(service("eu", 4, constraints=("node.labels.zone==eu",)))
+    await until(lambda: len([t for t in live(store, eu.meta.id) if t.node_id]) == 4)
+    assert {t.node_id for t in live(store, eu.meta.id)} == {"n1", "n2"}
+
+    mars = await store.create(service("mars", 1, constraints=("node.labels.zone==mars",)))
+    await until(lambda: any("no suitable node" in t.status.message for t in live(store, mars.meta.id)))
+    (task,) = live(store, mars.meta.id)
+    assert task.status.state is TaskState.PENDING and not task.node_id
+    assert "constraint node.labels.zone==mars not met on 3 nodes" in task.status.message
+
+
+async def test_global_service_one_task_per_node_and_late_joiners(cluster: tuple[ObjectStore, Leader]) -> None:
+    store, _ = cluster
+    svc = service("agent")
+    svc = await store.create(replace(svc, spec=replace(svc.spec, mode=ServiceMode.GLOBAL)))
+    await until(lambda: sorted(t.node_id for t in live(store, svc.meta.id)) == ["n1", "n2", "n3"])
+    await store.create(Node(meta=Meta(id="n4"), status=NodeStatus(state=NodeState.READY)))
+    await until(lambda: sorted(t.node_id for t in live(store, svc.meta.id)) == ["n1", "n2", "n3", "n4"])
+    assert all(t.status.state is TaskState.ASSIGNED for t in live(store, svc.meta.id))
+
+
+async def test_removed_service_tasks_are_stopped_then_deleted(cluster: tuple[ObjectStore, Leader]) -> None:
+    store, _ = cluster
+    svc = await store.create(service("gone", 2))
+    await until(lambda: len([t for t in live(store, svc.meta.id) if t.node_id]) == 2)
+    # One task runs on its agent; the other is only assigned.
+    t1, t2 = live(store, svc.meta.id)
+    for step in (
+        TaskState.ACCEPTED,
+        TaskState.PREPARING,
+        TaskState.READY,
+        TaskState.STARTING,
+        TaskState.RUNNING,
+    ):
+        t1 = await store.update(t1.with_state(step))
+    await store.delete(store.must_get(Service, svc.meta.id))
+    await until(lambda: all(t.desired_state is TaskState.REMOVE for t in store.tasks_of_service(svc.meta.id)))
+    running = store.must_get(Task, t1.meta.id)
+    await store.update(running.with_state(TaskState.SHUTDOWN, "stopped by its agent"))
+    t2now = store.get(Task, t2.meta.id)
+    if t2now is not None:
+        await store.update(t2now.with_state(TaskState.SHUTDOWN))
+    await until(lambda: store.tasks_of_service(svc.meta.id) == [])
+
+
+async def test_a_down_node_loses_its_tasks_to_the_others(cluster: tuple[ObjectStore, Leader]) -> None:
+    store, _ = cluster
+    svc = await store.create(service("ha", 3))
+    await until(lambda: len([t for t in live(store, svc.meta.id) if t.node_id]) == 3)
+    n3 = store.must_get(Node, "n3")
+    await store.update(replace(n3, status=replace(n3.status, state=NodeState.DOWN)))
+    await until(lambda: {t.node_id for t in live(store, svc.meta.id) if t.node_id} <= {"n1", "n2"})
+    await until(lambda: len([t for t in live(store, svc.meta.id) if t.node_id]) == 3)
+    orphans = [t for t in store.tasks_of_service(svc.meta.id) if t.status.state is TaskState.ORPHANED]
+    assert [t.node_id for t in orphans] == ["n3"]
