@@ -25,6 +25,7 @@ from kvstore_adapters.election import Election
 from manager.api.app import make_app
 from manager.errors import AlreadyExists
 from manager.leader import Leader
+from manager.secretbox import SecretBox
 from manager.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class ManagerConfig:
     manager_id: str = field(default_factory=new_id)
     #: Election lease TTL in seconds: a dead leader is replaced within this.
     election_ttl: float = 5.0
+    #: Where this manager keeps its own files (the secrets key), readable by root only.
+    state_dir: str = "/var/lib/shoal/manager"
 
 
 class Manager:
@@ -75,7 +78,8 @@ class Manager:
     async def start(self) -> None:
         """Connect to the store, load the cluster, serve, and start campaigning."""
         self.kv = await open_store(self.config.store_url)
-        self.store = ObjectStore(self.kv)
+        box = SecretBox.from_file(Path(self.config.state_dir) / "secrets.key")
+        self.store = ObjectStore(self.kv, box)
         await self.store.start()
         await self._ensure_cluster()
         self.app = make_app(self.store)

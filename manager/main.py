@@ -29,17 +29,28 @@ from manager.daemon import Manager, ManagerConfig
     "--socket", default="/run/shoal/manager.sock", show_default=True, help="Unix socket for local clients."
 )
 @click.option("--manager-id", default="", help="This manager's id (default: a new random one).")
+@click.option(
+    "--state-dir", default="/var/lib/shoal/manager", show_default=True, help="This manager's own files."
+)
 @click.option("--election-ttl", default=5.0, show_default=True, help="Leader lease TTL in seconds.")
 @click.option("--debug", is_flag=True, help="Log at debug level.")
 def cli(
-    store_url: str, listen_addr: str, socket: str, manager_id: str, election_ttl: float, debug: bool
+    store_url: str,
+    listen_addr: str,
+    socket: str,
+    manager_id: str,
+    state_dir: str,
+    election_ttl: float,
+    debug: bool,
 ) -> None:
     """Run a Shoal manager until SIGTERM or SIGINT."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = ManagerConfig(store_url=store_url, listen=listen_addr, socket=socket, election_ttl=election_ttl)
+    config = ManagerConfig(
+        store_url=store_url, listen=listen_addr, socket=socket, election_ttl=election_ttl, state_dir=state_dir
+    )
     if manager_id:
         config.manager_id = manager_id
     try:

@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from api import OBJECT_KINDS, Task, decode_msgpack, encode_msgpack, new_id, utcnow
+from api import OBJECT_KINDS, Secret, Task, decode_msgpack, encode_msgpack, new_id, utcnow
 from api.errors import CodecError
 from kvstore_adapters import CompactedError, Compare, Delete, EventType, KVStore, Op, Put
 from manager.errors import AlreadyExists, Conflict, NotFound
+from manager.secretbox import SecretBox, SecretSealError
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,10 @@ Write = Create | Update | Remove
 class ObjectStore:
     """Typed, cached access to the cluster's objects. ``await start()`` before use, ``await stop()`` after."""
 
-    def __init__(self, kv: KVStore) -> None:
+    def __init__(self, kv: KVStore, secret_box: SecretBox | None = None) -> None:
         self.kv = kv
+        #: Seals secrets' data before it reaches the KV store (None: secrets cannot be stored).
+        self.secret_box = secret_box
         self._objects: dict[str, dict[str, Any]] = {kind: {} for kind in OBJECT_KINDS}
         self._tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self._tasks_by_node: dict[str, set[str]] = defaultdict(set)
@@ -145,7 +148,9 @@ class ObjectStore:
     def _decode(self, tp: type, key: str, value: bytes, revision: int) -> Any:
         try:
             obj: Any = decode_msgpack(tp, value)
-        except CodecError as e:
+            if isinstance(obj, Secret):
+                obj = self._open_secret(obj)
+        except (CodecError, SecretSealError) as e:
             log.error("ignoring unreadable object at %s: %s", key, e)
             return None
         return replace(obj, meta=replace(obj.meta, version=revision))
@@ -307,7 +312,7 @@ class ObjectStore:
                 if isinstance(w, Update):
                     obj = replace(obj, meta=replace(obj.meta, updated_at=now))
             key = key_of(kind, obj.meta.id)
-            ops.append(Delete(key) if isinstance(w, Remove) else Put(key, encode_msgpack(obj)))
+            ops.append(Delete(key) if isinstance(w, Remove) else Put(key, encode_msgpack(self._sealed(obj))))
             prepared.append(obj)
         if not ops:
             return []
@@ -315,6 +320,19 @@ class ObjectStore:
         if not result.succeeded:
             raise await self._explain_failure(writes, prepared)
         return [replace(o, meta=replace(o.meta, version=result.revision)) for o in prepared]
+
+    def _sealed(self, obj: Any) -> Any:
+        if not isinstance(obj, Secret):
+            return obj
+        if self.secret_box is None:
+            raise SecretSealError("this manager has no secrets key: secrets cannot be stored")
+        return replace(obj, spec=replace(obj.spec, data=self.secret_box.seal(obj.meta.id, obj.spec.data)))
+
+    def _open_secret(self, secret: Secret) -> Secret:
+        if self.secret_box is None:
+            raise SecretSealError(f"secret {secret.meta.id}: this manager has no secrets key")
+        data = self.secret_box.open(secret.meta.id, secret.spec.data)
+        return replace(secret, spec=replace(secret.spec, data=data))
 
     async def _explain_failure(self, writes: Sequence[Write], prepared: list[Any]) -> Exception:
         for w, obj in zip(writes, prepared, strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from api import to_plain
+from api import Secret, to_plain
 from api.objects import (
     Annotations,
     ContainerSpec,
@@ -21,8 +22,9 @@ from api.objects import (
     UpdateState,
 )
 from kvstore_adapters.memory import MemoryStore
-from manager.api.app import make_app
+from manager.api.app import STORE, make_app
 from manager.api.openapi import OPERATIONS, document
+from manager.secretbox import SecretBox
 from manager.store import ObjectStore
 
 
@@ -30,7 +32,7 @@ from manager.store import ObjectStore
 async def client() -> AsyncIterator[TestClient[Any, Any]]:
     kv = MemoryStore()
     await kv.connect()
-    store = ObjectStore(kv)
+    store = ObjectStore(kv, SecretBox(os.urandom(32)))
     await store.start()
     async with TestClient(TestServer(make_app(store))) as c:
         yield c
@@ -121,6 +123,17 @@ async def test_secrets_never_show_their_data(client: TestClient[Any, Any]) -> No
     shown = await (await client.get("/secrets/pw")).json()
     assert shown["spec"]["data"] == "" and shown["status"]["digest"].startswith("sha256:")
     assert "aHVudGVyMg" not in await (await client.get("/secrets")).text()
+    # At rest the KV store holds it sealed, never in clear.
+    store = client.server.app[STORE]
+    raw = [kv.value async for kv in store.kv.iter_prefix("secrets/")]
+    assert len(raw) == 1 and b"hunter2" not in raw[0] and b"shoal-aead-1" in raw[0]
+    # Another manager with a different key cannot read it (and does not pretend to).
+    other = ObjectStore(store.kv, SecretBox(os.urandom(32)))
+    await other.start()
+    assert other.objects(Secret) == []
+    await other.stop()
+    # The manager that sealed it can.
+    assert store.find_by_name(Secret, "pw").spec.data == b"hunter2"
 
 
 async def test_network_in_use_cannot_be_removed(client: TestClient[Any, Any]) -> None:
