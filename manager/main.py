@@ -82,3 +82,7 @@ async def _serve(config: ManagerConfig) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
+if __name__ == "__main__":
+    main()
