@@ -1,0 +1,1 @@
+"""The agent's local runtime: images, snapshots, containers."""
