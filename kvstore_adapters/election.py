@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from kvstore_adapters.base import Compare, Delete, EventType, KVStore, Lease, Put
+from kvstore_adapters.base import Compare, Delete, Event, EventType, KVStore, Lease, Put
 from kvstore_adapters.errors import CompactedError, LeadershipLost, LeaseNotFound, StoreUnavailable
 from kvstore_adapters.lease import LeaseKeeper
 
@@ -107,6 +107,7 @@ class Election:
         """Return when the key changes after ``seen_revision`` or our own lease is lost."""
         watch = self.store.watch(self.key, start_revision=seen_revision + 1)
         lost = asyncio.ensure_future(keeper.lost.wait())
+        nxt: asyncio.Future[Event] | None = None
         try:
             while True:
                 nxt = asyncio.ensure_future(anext(watch))
@@ -122,6 +123,7 @@ class Election:
                     return
         finally:
             lost.cancel()
+            _discard(nxt)
             await watch.close()
 
     async def _watch_term(self, won_revision: int, keeper: LeaseKeeper) -> None:
@@ -129,9 +131,11 @@ class Election:
         reason = "lease lost"
         start = won_revision + 1
         lost = asyncio.ensure_future(keeper.lost.wait())
+        nxt: asyncio.Future[Event] | None = None
         try:
             while not keeper.lost.is_set():
                 watch = self.store.watch(self.key, start_revision=start)
+                nxt = None
                 try:
                     while True:
                         nxt = asyncio.ensure_future(anext(watch))
@@ -154,6 +158,7 @@ class Election:
                             return
                         start = await self.store.revision() + 1
                 finally:
+                    _discard(nxt)
                     await watch.close()
         finally:
             lost.cancel()
@@ -222,3 +227,12 @@ class Election:
                             yield current
             except CompactedError:
                 continue
+
+
+def _discard(pending: asyncio.Future[Event] | None) -> None:
+    """Drop a pending ``anext(watch)``: cancel it, and take whatever it ends with (closing the watch makes
+    it end in StopAsyncIteration) so asyncio never reports an exception nobody retrieved."""
+    if pending is None:
+        return
+    pending.cancel()
+    pending.add_done_callback(lambda f: f.cancelled() or f.exception())
