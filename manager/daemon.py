@@ -130,14 +130,17 @@ class Manager:
             self.leader = Leader(self.store)
             run = asyncio.create_task(self.leader.run(), name="leader-loop")
             lost = asyncio.create_task(self.election.lost.wait(), name="leader-lost")
-            done, _ = await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (run, lost):
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-            self.leading.clear()
-            self.leader = None
-            if run in done and run.exception() is not None:
+            try:
+                done, _ = await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when this task is cancelled (stop()): the leader loop must never outlive it.
+                for t in (run, lost):
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):  # inspected below
+                        await t
+                self.leading.clear()
+                self.leader = None
+            if run in done and not run.cancelled() and run.exception() is not None:
                 log.error("the leader loop failed: %r; resigning", run.exception())
                 await self.election.resign()
             else:

@@ -1,0 +1,130 @@
+"""``swarmctl network …``: cluster-wide (overlay) networks."""
+
+from __future__ import annotations
+
+import click
+
+from api import Annotations, Network, to_plain
+from api.objects import IPAMConfig, NetworkSpec
+from swarmctl import filters
+from swarmctl.commands.common import remove_each
+from swarmctl.context import AppContext, pass_app
+from swarmctl.errors import InvalidValue
+from swarmctl.output import (
+    filter_option,
+    format_option,
+    no_trunc_option,
+    print_objects,
+    print_rows,
+    quiet_option,
+    short_id,
+)
+from swarmctl.units import parse_kv
+
+_MATCHERS: dict[str, filters.Matcher[Network]] = {
+    "id": lambda n, v: n.meta.id.startswith(v),
+    "name": lambda n, v: v in n.spec.annotations.name,
+    "driver": lambda n, v: n.spec.driver == v,
+    "label": lambda n, v: filters.label_matches(n.spec.annotations.labels, v),
+}
+
+
+@click.group()
+def network() -> None:
+    """Manage networks."""
+
+
+@network.command()
+@click.option("-d", "--driver", default="overlay", show_default=True, help="Network driver.")
+@click.option("--subnet", multiple=True, help="Subnet in CIDR format (repeatable).")
+@click.option("--gateway", multiple=True, help="Gateway of the matching subnet.")
+@click.option("--ip-range", multiple=True, help="Allocate addresses from a sub-range of the matching subnet.")
+@click.option("--aux-address", multiple=True, metavar="NAME=IP", help="Addresses the allocator must not use.")
+@click.option("--internal", is_flag=True, help="Restrict external access to the network.")
+@click.option("--attachable", is_flag=True, help="Allow one-off containers to attach.")
+@click.option("--ipv6", is_flag=True, help="Enable IPv6.")
+@click.option("-o", "--opt", multiple=True, metavar="KEY=VALUE", help="Driver option.")
+@click.option("--label", multiple=True, metavar="KEY=VALUE", help="Network label.")
+@click.argument("name")
+@pass_app
+def create(
+    app: AppContext,
+    name: str,
+    driver: str,
+    subnet: tuple[str, ...],
+    gateway: tuple[str, ...],
+    ip_range: tuple[str, ...],
+    aux_address: tuple[str, ...],
+    internal: bool,
+    attachable: bool,
+    ipv6: bool,
+    opt: tuple[str, ...],
+    label: tuple[str, ...],
+) -> None:
+    """Create a network."""
+    if len(gateway) > len(subnet) or len(ip_range) > len(subnet):
+        raise InvalidValue("gateway", ",".join(gateway), "every --gateway and --ip-range needs its --subnet")
+    if aux_address and len(subnet) != 1:
+        raise InvalidValue("aux-address", ",".join(aux_address), "needs exactly one --subnet")
+    aux = dict(parse_kv(a, "aux-address") for a in aux_address)
+    ipam = tuple(
+        IPAMConfig(
+            subnet=s,
+            gateway=gateway[i] if i < len(gateway) else "",
+            ip_range=ip_range[i] if i < len(ip_range) else "",
+            aux_addresses=aux if i == 0 else {},
+        )
+        for i, s in enumerate(subnet)
+    )
+    spec = NetworkSpec(
+        annotations=Annotations(
+            name=name, labels=dict(parse_kv(x, "label", need_value=False) for x in label)
+        ),
+        driver=driver,
+        ipam=ipam,
+        internal=internal,
+        attachable=attachable,
+        ipv6=ipv6,
+        options=dict(parse_kv(x, "option") for x in opt),
+    )
+    click.echo(app.client.create_network(spec))
+
+
+@network.command("ls")
+@filter_option
+@format_option
+@quiet_option
+@no_trunc_option
+@pass_app
+def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bool, no_trunc: bool) -> None:
+    """List networks."""
+    nets = filters.apply(app.client.networks(), filters.parse(filter_args, _MATCHERS), _MATCHERS)
+    rows = [
+        {
+            "ID": short_id(n.meta.id, no_trunc),
+            "FullID": n.meta.id,
+            "Name": n.spec.annotations.name,
+            "Driver": n.spec.driver,
+            "Scope": "swarm",
+        }
+        for n in nets
+    ]
+    columns = [("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE")]
+    print_rows(rows, columns, fmt=fmt, quiet=quiet, quiet_key="FullID")
+
+
+@network.command()
+@format_option
+@click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
+@pass_app
+def inspect(app: AppContext, refs: tuple[str, ...], fmt: str | None) -> None:
+    """Display detailed information on one or more networks."""
+    print_objects([to_plain(app.client.network(r)) for r in refs], fmt=fmt)
+
+
+@network.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
+@pass_app
+def rm(app: AppContext, refs: tuple[str, ...]) -> None:
+    """Remove one or more networks."""
+    remove_each(refs, app.client.remove_network)
