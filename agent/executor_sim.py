@@ -1,0 +1,172 @@
+"""``--executor sim``: tasks without containers, for tests and for measuring the control plane.
+
+A simulated task becomes RUNNING ``start_delay`` seconds after it is started and runs until it is shut
+down, unless told otherwise. Failures are injected two ways:
+
+- from the task spec, so they can be asked for through the API like any service setting — the container
+  environment ``SHOAL_SIM_FAIL=prepare|start`` makes that step fail, ``SHOAL_SIM_EXIT_AFTER=SECONDS`` makes
+  the task exit by itself after that long, with ``SHOAL_SIM_EXIT_CODE`` (default 0);
+- from a test, with :meth:`SimExecutor.exit` (end a running task with a code) and :meth:`fail_next`.
+
+Each :class:`SimExecutor` is one simulated host: it describes itself with configurable resources, so a
+thousand of them in one process look like a thousand modest nodes to the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from agent.errors import ExecutorError, TaskNotFound
+from agent.executor import ExitStatus, TaskDependencies
+from api import Task
+from api.objects import NodeDescription, Platform, Resources
+
+#: Exit code of a simulated task that was shut down (SIGTERM, as a shell reports it).
+SHUTDOWN_EXIT_CODE = 143
+
+
+@dataclass
+class SimTask:
+    """What the simulated host holds for one task."""
+
+    task_id: str
+    state: str = "created"  # created → running → exited
+    exit: asyncio.Future[ExitStatus] | None = None
+    timer: asyncio.TimerHandle | None = None
+    deps: TaskDependencies = field(default_factory=TaskDependencies)
+
+
+def _env(task: Task) -> dict[str, str]:
+    out = {}
+    for item in task.spec.container.env:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+class SimExecutor:
+    """A simulated host that runs tasks in memory."""
+
+    name = "sim"
+
+    def __init__(
+        self,
+        *,
+        start_delay: float = 0.05,
+        prepare_delay: float = 0.0,
+        nano_cpus: int = 4_000_000_000,
+        memory_bytes: int = 8 * 1024**3,
+        hostname: str = "sim",
+    ) -> None:
+        self.start_delay = start_delay
+        self.prepare_delay = prepare_delay
+        self.resources = Resources(nano_cpus=nano_cpus, memory_bytes=memory_bytes)
+        self.hostname = hostname
+        self.tasks: dict[str, SimTask] = {}
+        #: Things on the "host" this executor did not create: never listed, never touched.
+        self.foreign: set[str] = set()
+        #: Task ids removed so far, in order (for tests).
+        self.removed: list[str] = []
+        self._fail_next: dict[str, str] = {}
+
+    async def describe(self) -> NodeDescription:
+        return NodeDescription(
+            hostname=self.hostname,
+            platform=Platform(os="linux", architecture="amd64"),
+            resources=self.resources,
+            kernel_version="sim",
+            operating_system="Shoal simulated host",
+            storage_driver="sim",
+        )
+
+    async def list_tasks(self) -> set[str]:
+        return set(self.tasks)
+
+    # --- failure injection ------------------------------------------------------------------------------
+    def fail_next(self, task_id: str, step: str) -> None:
+        """Make ``step`` ("prepare" or "start") of ``task_id`` fail."""
+        self._fail_next[task_id] = step
+
+    def exit(self, task_id: str, exit_code: int = 1, message: str = "") -> None:
+        """End a running task as if its process exited with ``exit_code``."""
+        held = self.tasks.get(task_id)
+        if held is None or held.exit is None or held.exit.done():
+            raise TaskNotFound(task_id)
+        held.state = "exited"
+        held.exit.set_result(ExitStatus(exit_code, message or f"exited with code {exit_code}"))
+
+    def running(self) -> set[str]:
+        """Ids of the tasks running now."""
+        return {t.task_id for t in self.tasks.values() if t.state == "running"}
+
+    def _should_fail(self, task: Task, step: str) -> bool:
+        if self._fail_next.get(task.meta.id) == step:
+            del self._fail_next[task.meta.id]
+            return True
+        return _env(task).get("SHOAL_SIM_FAIL") == step
+
+    # --- the executor protocol ----------------------------------------------------------------------------
+    async def prepare(self, task: Task, deps: TaskDependencies) -> None:
+        if self.prepare_delay:
+            await asyncio.sleep(self.prepare_delay)
+        if self._should_fail(task, "prepare"):
+            raise ExecutorError(task.meta.id, f"simulated failure preparing {task.spec.container.image!r}")
+        held = self.tasks.setdefault(task.meta.id, SimTask(task.meta.id))
+        held.deps = deps
+
+    async def start(self, task: Task) -> None:
+        held = self.tasks.get(task.meta.id)
+        if held is None:
+            raise TaskNotFound(task.meta.id)
+        if held.state == "running":
+            return
+        if self.start_delay:
+            await asyncio.sleep(self.start_delay)
+        if self._should_fail(task, "start"):
+            raise ExecutorError(task.meta.id, "simulated failure starting the task")
+        loop = asyncio.get_running_loop()
+        held.state = "running"
+        held.exit = loop.create_future()
+        env = _env(task)
+        after = env.get("SHOAL_SIM_EXIT_AFTER")
+        if after:
+            code = int(env.get("SHOAL_SIM_EXIT_CODE", "0") or 0)
+            held.timer = loop.call_later(float(after), self._exit_quietly, task.meta.id, code)
+
+    def _exit_quietly(self, task_id: str, exit_code: int) -> None:
+        with contextlib.suppress(TaskNotFound):
+            self.exit(task_id, exit_code)
+
+    async def wait(self, task: Task) -> ExitStatus:
+        held = self.tasks.get(task.meta.id)
+        if held is None or held.exit is None:
+            raise TaskNotFound(task.meta.id)
+        # Shielded: the controller cancels waits when the task changes, which must not end the task.
+        return await asyncio.shield(held.exit)
+
+    async def shutdown(self, task: Task) -> None:
+        held = self.tasks.get(task.meta.id)
+        if held is None:
+            return
+        if held.timer is not None:
+            held.timer.cancel()
+        if held.exit is not None and not held.exit.done():
+            held.exit.set_result(ExitStatus(SHUTDOWN_EXIT_CODE, "shut down"))
+        held.state = "exited"
+
+    async def remove(self, task_id: str) -> None:
+        held = self.tasks.pop(task_id, None)
+        if held is None:
+            return
+        if held.timer is not None:
+            held.timer.cancel()
+        if held.exit is not None and not held.exit.done():
+            held.exit.cancel()
+        self.removed.append(task_id)
+
+    async def close(self) -> None:
+        for held in self.tasks.values():
+            if held.timer is not None:
+                held.timer.cancel()

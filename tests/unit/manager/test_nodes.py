@@ -1,0 +1,120 @@
+"""Node liveness: the pure READY/DOWN rule, and NodeLiveness following session keys (memory store)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from api import Node
+from api.objects import Meta, NodeState, NodeStatus
+from kvstore_adapters.memory import MemoryStore
+from manager.nodes import (
+    DOWN_MESSAGE,
+    NodeLiveness,
+    NodeStateChange,
+    SessionRecord,
+    plan_node_states,
+    session_key,
+)
+
+GRACE = 15.0
+
+
+def node(node_id: str, state: NodeState) -> Node:
+    return Node(meta=Meta(id=node_id, version=1), status=NodeStatus(state=state))
+
+
+def test_a_node_with_a_session_is_ready() -> None:
+    plan = plan_node_states([node("a", NodeState.DOWN), node("b", NodeState.READY)], {}, now=100, grace=GRACE)
+    assert plan.changes == (NodeStateChange("a", NodeState.READY, ""),)
+    assert plan.recheck_at is None
+
+
+def test_a_node_is_down_only_after_the_grace_without_a_session() -> None:
+    nodes = [node("a", NodeState.READY)]
+    early = plan_node_states(nodes, {"a": 90.0}, now=100, grace=GRACE)
+    assert early.changes == ()
+    assert early.recheck_at == 105.0, "look again exactly when the grace runs out"
+    late = plan_node_states(nodes, {"a": 90.0}, now=105.5, grace=GRACE)
+    assert late.changes == (NodeStateChange("a", NodeState.DOWN, DOWN_MESSAGE),)
+
+
+def test_nodes_already_down_are_left_alone_and_the_earliest_deadline_wins() -> None:
+    nodes = [node("down", NodeState.DOWN), node("a", NodeState.READY), node("b", NodeState.UNKNOWN)]
+    plan = plan_node_states(nodes, {"down": 0.0, "a": 95.0, "b": 91.0}, now=100, grace=GRACE)
+    assert plan.changes == ()
+    assert plan.recheck_at == 106.0
+
+
+def test_session_records_round_trip_and_garbage_is_not_fatal() -> None:
+    record = SessionRecord("n1", "m1", "s1", "127.0.0.1:2377", 12.5)
+    assert SessionRecord.decode(record.encode()) == record
+    assert SessionRecord.decode(b"\xc1 not msgpack") is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def kv() -> AsyncIterator[MemoryStore]:
+    store = MemoryStore()
+    await store.connect()
+    yield store
+    await store.close()
+
+
+async def settle(liveness: NodeLiveness) -> None:
+    """Wait until the watch delivered what was written so far."""
+    liveness.changed.clear()
+    await liveness.changed.wait()
+
+
+async def test_liveness_follows_session_keys_and_counts_absence_from_the_first_question(
+    kv: MemoryStore,
+) -> None:
+    await kv.put(session_key("early"), SessionRecord("early", "m1", "s1").encode())
+    clock = Clock()
+    liveness = NodeLiveness(kv, clock=clock)
+    await liveness.start()
+    try:
+        assert liveness.present("early")
+        assert liveness.sessions["early"] == SessionRecord("early", "m1", "s1")
+        # A node never seen with a session: absent since it was first asked about, not since forever.
+        assert liveness.missing(["early", "new"], GRACE) == set()
+        clock.now += GRACE + 1
+        assert liveness.missing(["early", "new"], GRACE) == {"new"}
+
+        await kv.delete(session_key("early"))
+        await settle(liveness)
+        assert not liveness.present("early")
+        assert liveness.absent_since("early") == clock.now
+        clock.now += GRACE + 1
+        assert liveness.missing(["early"], GRACE) == {"early"}
+
+        await kv.put(session_key("early"), SessionRecord("early", "m2", "s2").encode())
+        await settle(liveness)
+        assert liveness.missing(["early"], GRACE) == set()
+        assert liveness.sessions["early"] is not None and liveness.sessions["early"].manager_id == "m2"
+    finally:
+        await liveness.stop()
+
+
+async def test_session_keys_on_a_lease_vanish_with_it(kv: MemoryStore) -> None:
+    liveness = NodeLiveness(kv)
+    await liveness.start()
+    try:
+        lease = await kv.grant_lease(10)
+        await kv.put(session_key("a"), SessionRecord("a", "m1", "s1").encode(), lease=lease.id)
+        await settle(liveness)
+        assert liveness.present("a")
+        await kv.revoke_lease(lease)  # the manager died
+        await settle(liveness)
+        assert not liveness.present("a")
+    finally:
+        await liveness.stop()
