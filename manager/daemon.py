@@ -25,6 +25,7 @@ from kvstore_adapters.election import Election
 from manager.api.app import make_app
 from manager.errors import AlreadyExists
 from manager.leader import Leader
+from manager.nodes import run_node_states
 from manager.secretbox import SecretBox
 from manager.store import ObjectStore
 
@@ -53,6 +54,8 @@ class ManagerConfig:
     listen: str = "127.0.0.1:2377"
     #: Unix socket for local clients; "" for none.
     socket: str = ""
+    #: host:port agents and other managers reach this manager at ("" : the listen address if specific).
+    advertise: str = ""
     manager_id: str = field(default_factory=new_id)
     #: Election lease TTL in seconds: a dead leader is replaced within this.
     election_ttl: float = 5.0
@@ -64,6 +67,8 @@ class Manager:
     """A running manager; ``await start()`` then ``await stop()``."""
 
     def __init__(self, config: ManagerConfig) -> None:
+        if not config.advertise and config.listen and not config.listen.startswith(("0.0.0.0:", ":")):
+            config.advertise = config.listen
         self.config = config
         self.kv: KVStore | None = None
         self.store: ObjectStore | None = None
@@ -104,7 +109,9 @@ class Manager:
         except ImportError:  # agent sessions are optional for API-only managers
             return
         assert self.store is not None
-        Dispatcher(self.store).mount(app)
+        Dispatcher(self.store, manager_id=self.config.manager_id, advertise_addr=self.config.advertise).mount(
+            app
+        )
 
     async def _ensure_cluster(self) -> None:
         assert self.store is not None
@@ -129,19 +136,23 @@ class Manager:
             self.leading.set()
             self.leader = Leader(self.store)
             run = asyncio.create_task(self.leader.run(), name="leader-loop")
+            nodes = asyncio.create_task(run_node_states(self.store), name="leader-node-states")
             lost = asyncio.create_task(self.election.lost.wait(), name="leader-lost")
             try:
-                done, _ = await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({run, nodes, lost}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                # Also when this task is cancelled (stop()): the leader loop must never outlive it.
-                for t in (run, lost):
+                # Also when this task is cancelled (stop()): the leader's loops must never outlive it.
+                for t in (run, nodes, lost):
                     t.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):  # inspected below
                         await t
                 self.leading.clear()
                 self.leader = None
-            if run in done and not run.cancelled() and run.exception() is not None:
-                log.error("the leader loop failed: %r; resigning", run.exception())
+            failed = [
+                t for t in (run, nodes) if t in done and not t.cancelled() and t.exception() is not None
+            ]
+            if failed:
+                log.error("a leader loop failed: %r; resigning", failed[0].exception())
                 await self.election.resign()
             else:
                 log.warning("manager %s lost the leadership", self.config.manager_id)

@@ -28,6 +28,11 @@ from manager.daemon import Manager, ManagerConfig
 @click.option(
     "--socket", default="/run/shoal/manager.sock", show_default=True, help="Unix socket for local clients."
 )
+@click.option(
+    "--advertise-addr",
+    default="",
+    help="host:port agents reach this manager at (default: the listen address).",
+)
 @click.option("--manager-id", default="", help="This manager's id (default: a new random one).")
 @click.option(
     "--state-dir", default="/var/lib/shoal/manager", show_default=True, help="This manager's own files."
@@ -38,6 +43,7 @@ def cli(
     store_url: str,
     listen_addr: str,
     socket: str,
+    advertise_addr: str,
     manager_id: str,
     state_dir: str,
     election_ttl: float,
@@ -49,7 +55,12 @@ def cli(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = ManagerConfig(
-        store_url=store_url, listen=listen_addr, socket=socket, election_ttl=election_ttl, state_dir=state_dir
+        store_url=store_url,
+        listen=listen_addr,
+        socket=socket,
+        advertise=advertise_addr,
+        election_ttl=election_ttl,
+        state_dir=state_dir,
     )
     if manager_id:
         config.manager_id = manager_id
