@@ -35,11 +35,33 @@ SCHEMA_VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Encoder = Callable[[Any], Any]
-Decoder = Callable[[Any, str], Any]
+Decoder = Callable[[Any], Any]
+
+
+class _Bad(Exception):
+    """A decoding failure on its way out: ``path`` grows as it passes each enclosing field, and the public
+    functions turn it into a :class:`CodecError`. Paths are built only when something fails, so the
+    common case (valid input) pays nothing for them."""
+
+    def __init__(self, message: str, *path: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = list(path)
+
+    def error(self, prefix: str = "") -> CodecError:
+        parts = [prefix] if prefix else []
+        parts += self.path
+        text = ""
+        for part in parts:
+            text += part if not text or part.startswith("[") else "." + part
+        return CodecError(text, self.message)
 
 
 class _Format:
-    """How one wire format spells the types that JSON and msgpack do not share."""
+    """How one wire format spells the types that JSON and msgpack do not share, and the encoders and
+    decoders built for it. Dataclass codecs are generated as Python source once per type: the store decodes
+    every object every manager watches, and the generated functions are several times faster than
+    walking the fields generically."""
 
     def __init__(self, binary: bool) -> None:
         self.binary = binary
@@ -52,40 +74,43 @@ class _Format:
             return (v - _EPOCH) // timedelta(microseconds=1)
         return v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    def dec_datetime(self, v: Any, path: str) -> datetime:
+    def dec_datetime(self, v: Any) -> datetime:
         if self.binary:
             if type(v) is not int:
-                raise CodecError(path, f"expected a time in microseconds, got {_kind(v)}")
+                raise _Bad(f"expected a time in microseconds, got {_kind(v)}")
             return _EPOCH + timedelta(microseconds=v)
         if not isinstance(v, str):
-            raise CodecError(path, f"expected an RFC 3339 time string, got {_kind(v)}")
+            raise _Bad(f"expected an RFC 3339 time string, got {_kind(v)}")
         try:
             parsed = datetime.fromisoformat(v.replace("Z", "+00:00"))
         except ValueError:
-            raise CodecError(path, f"not an RFC 3339 time: {v!r}") from None
+            raise _Bad(f"not an RFC 3339 time: {v!r}") from None
         if parsed.tzinfo is None:
-            raise CodecError(path, f"time without a timezone: {v!r}")
+            raise _Bad(f"time without a timezone: {v!r}")
         return parsed.astimezone(UTC)
 
     def enc_bytes(self, v: bytes) -> Any:
         return v if self.binary else base64.b64encode(v).decode("ascii")
 
-    def dec_bytes(self, v: Any, path: str) -> bytes:
+    def dec_bytes(self, v: Any) -> bytes:
         if self.binary:
             if not isinstance(v, bytes):
-                raise CodecError(path, f"expected bytes, got {_kind(v)}")
+                raise _Bad(f"expected bytes, got {_kind(v)}")
             return v
         if not isinstance(v, str):
-            raise CodecError(path, f"expected base64 text, got {_kind(v)}")
+            raise _Bad(f"expected base64 text, got {_kind(v)}")
         try:
             return base64.b64decode(v, validate=True)
         except (binascii.Error, ValueError):
-            raise CodecError(path, "not valid base64") from None
+            raise _Bad("not valid base64") from None
 
     # --- building per-type functions ----------------------------------------------------------------
     def encoder(self, tp: Any) -> Encoder:
         fn = self._encoders.get(tp)
         if fn is None:
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+                # Registered before it is built: a dataclass may refer to itself through its fields.
+                self._encoders[tp] = lambda v: self._encoders[tp](v)
             fn = self._build_encoder(tp)
             self._encoders[tp] = fn
         return fn
@@ -93,22 +118,15 @@ class _Format:
     def decoder(self, tp: Any) -> Decoder:
         fn = self._decoders.get(tp)
         if fn is None:
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+                self._decoders[tp] = lambda v: self._decoders[tp](v)
             fn = self._build_decoder(tp)
             self._decoders[tp] = fn
         return fn
 
     def _build_encoder(self, tp: Any) -> Encoder:
-        if dataclasses.is_dataclass(tp):
-            # Resolved lazily: a dataclass may refer to itself through its fields.
-            fields: list[tuple[str, Encoder]] = []
-
-            def enc_dc(v: Any) -> Any:
-                if not fields:
-                    hints = typing.get_type_hints(tp)
-                    fields.extend((f.name, self.encoder(hints[f.name])) for f in dataclasses.fields(tp))
-                return {name: fn(getattr(v, name)) for name, fn in fields}
-
-            return enc_dc
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            return self._generate_encoder(tp)
         if tp in (str, int, float, bool):
             return _identity
         if tp is bytes:
@@ -136,15 +154,31 @@ class _Format:
             return lambda v: {k: val_enc(x) for k, x in v.items()}
         raise TypeError(f"the codec does not know how to encode {tp!r}")
 
+    def _generate_encoder(self, tp: type) -> Encoder:
+        hints = typing.get_type_hints(tp)
+        env: dict[str, Any] = {}
+        items = []
+        for i, f in enumerate(dataclasses.fields(tp)):
+            enc = self.encoder(hints[f.name])
+            if enc is _identity:
+                items.append(f"{f.name!r}: o.{f.name}")
+            else:
+                env[f"e{i}"] = enc
+                items.append(f"{f.name!r}: e{i}(o.{f.name})")
+        src = f"def encode(o):\n    return {{{', '.join(items)}}}\n"
+        exec(compile(src, f"<encoder of {tp.__name__}>", "exec"), env)
+        fn: Encoder = env["encode"]
+        return fn
+
     def _build_decoder(self, tp: Any) -> Decoder:
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            return _DataclassDecoder(self, tp)
+            return self._generate_decoder(tp)
         if tp is str:
             return _scalar(str, "a string")
         if tp is bool:
             return _scalar(bool, "a boolean")
         if tp is int:
-            return _dec_int
+            return _scalar(int, "an integer")
         if tp is float:
             return _dec_float
         if tp is bytes:
@@ -156,55 +190,77 @@ class _Format:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):
             inner = self.decoder(next(a for a in args if a is not type(None)))
-            return lambda v, path: None if v is None else inner(v, path)
+            return lambda v: None if v is None else inner(v)
         if origin is tuple:
-            item_dec = self.decoder(args[0])
-
-            def dec_tuple(v: Any, path: str) -> tuple[Any, ...]:
-                if not isinstance(v, list | tuple):
-                    raise CodecError(path, f"expected a list, got {_kind(v)}")
-                return tuple(item_dec(x, f"{path}[{i}]") for i, x in enumerate(v))
-
-            return dec_tuple
+            return _tuple_decoder(self.decoder(args[0]), _SCALARS.get(args[0]))
         if origin is dict:
-            val_dec = self.decoder(args[1])
-
-            def dec_dict(v: Any, path: str) -> dict[str, Any]:
-                if not isinstance(v, dict):
-                    raise CodecError(path, f"expected an object, got {_kind(v)}")
-                out = {}
-                for k, x in v.items():
-                    if not isinstance(k, str):
-                        raise CodecError(path, f"keys must be strings, got {_kind(k)}")
-                    out[k] = val_dec(x, f"{path}.{k}")
-                return out
-
-            return dec_dict
+            return _dict_decoder(self.decoder(args[1]), _SCALARS.get(args[1]))
         raise TypeError(f"the codec does not know how to decode {tp!r}")
 
+    def _generate_decoder(self, tp: type) -> Decoder:
+        """Source for one dataclass: check the keys, decode each present field (scalars inline), fall back
+        to the field's default for absent ones, and name the field when anything inside it fails."""
+        hints = typing.get_type_hints(tp)
+        fields = dataclasses.fields(tp)
+        env: dict[str, Any] = {
+            "cls": tp,
+            "_Bad": _Bad,
+            "_kind": _kind,
+            "MISSING": _MISSING,
+            "FIELDS": frozenset(f.name for f in fields),
+        }
+        lines = [
+            "def decode(v):",
+            "    if type(v) is not dict:",
+            "        raise _Bad('expected an object, got ' + _kind(v))",
+            "    if not FIELDS.issuperset(v):",
+            "        k = next(k for k in v if k not in FIELDS)",
+            f"        raise _Bad('unknown field for {tp.__name__}', str(k))",
+            "    g = v.get",
+            "    f = ''",
+            "    try:",
+        ]
+        args = []
+        for i, f in enumerate(fields):
+            hint = hints[f.name]
+            if f.default is not dataclasses.MISSING:
+                env[f"d{i}"] = f.default
+                default = f"d{i}"
+            elif f.default_factory is not dataclasses.MISSING:
+                env[f"d{i}"] = f.default_factory
+                default = f"d{i}()"
+            else:
+                raise TypeError(f"{tp.__name__}.{f.name} needs a default for the codec")
+            lines.append(f"        f = {f.name!r}")
+            lines.append(f"        x = g({f.name!r}, MISSING)")
+            scalar = _SCALARS.get(hint)
+            if scalar is not None:
+                env[f"t{i}"] = scalar[0]
+                lines.append(f"        if x is MISSING: a{i} = {default}")
+                lines.append(f"        elif type(x) is t{i}: a{i} = x")
+                lines.append(f"        else: raise _Bad('expected {scalar[1]}, got ' + _kind(x))")
+            else:
+                env[f"c{i}"] = self.decoder(hint)
+                lines.append(f"        a{i} = {default} if x is MISSING else c{i}(x)")
+            args.append(f"a{i}")
+        lines += [
+            "    except _Bad as e:",
+            "        e.path.insert(0, f)",
+            "        raise",
+            f"    return cls({', '.join(args)})",
+        ]
+        exec(compile("\n".join(lines) + "\n", f"<decoder of {tp.__name__}>", "exec"), env)
+        fn: Decoder = env["decode"]
+        return fn
 
-class _DataclassDecoder:
-    """Decodes a mapping into one dataclass, rejecting unknown fields."""
 
-    def __init__(self, fmt: _Format, tp: type) -> None:
-        self.fmt = fmt
-        self.tp = tp
-        self.fields: dict[str, Decoder] | None = None
-
-    def __call__(self, v: Any, path: str) -> Any:
-        if self.fields is None:
-            hints = typing.get_type_hints(self.tp)
-            self.fields = {f.name: self.fmt.decoder(hints[f.name]) for f in dataclasses.fields(self.tp)}
-        if not isinstance(v, dict):
-            raise CodecError(path or self.tp.__name__, f"expected an object, got {_kind(v)}")
-        kwargs = {}
-        for name, raw in v.items():
-            dec = self.fields.get(name)
-            sub = f"{path}.{name}" if path else str(name)
-            if dec is None:
-                raise CodecError(sub, f"unknown field for {self.tp.__name__}")
-            kwargs[name] = dec(raw, sub)
-        return self.tp(**kwargs)
+_MISSING = object()
+#: Scalar types checked inline, with how an error names them.
+_SCALARS: dict[Any, tuple[type, str]] = {
+    str: (str, "a string"),
+    bool: (bool, "a boolean"),
+    int: (int, "an integer"),
+}
 
 
 def _identity(v: Any) -> Any:
@@ -220,35 +276,78 @@ def _kind(v: Any) -> str:
 
 
 def _scalar(tp: type, what: str) -> Decoder:
-    def dec(v: Any, path: str) -> Any:
+    def dec(v: Any) -> Any:
         if type(v) is not tp:
-            raise CodecError(path, f"expected {what}, got {_kind(v)}")
+            raise _Bad(f"expected {what}, got {_kind(v)}")
         return v
 
     return dec
 
 
-def _dec_int(v: Any, path: str) -> int:
-    if type(v) is not int:
-        raise CodecError(path, f"expected an integer, got {_kind(v)}")
-    return v
-
-
-def _dec_float(v: Any, path: str) -> float:
+def _dec_float(v: Any) -> float:
     if type(v) not in (int, float):
-        raise CodecError(path, f"expected a number, got {_kind(v)}")
+        raise _Bad(f"expected a number, got {_kind(v)}")
     return float(v)
+
+
+def _tuple_decoder(item: Decoder, scalar: tuple[type, str] | None) -> Decoder:
+    def dec(v: Any) -> tuple[Any, ...]:
+        if type(v) is not list and type(v) is not tuple:
+            raise _Bad(f"expected a list, got {_kind(v)}")
+        if scalar is not None:
+            t = scalar[0]
+            for i, x in enumerate(v):
+                if type(x) is not t:
+                    raise _Bad(f"expected {scalar[1]}, got {_kind(x)}", f"[{i}]")
+            return tuple(v)
+        try:
+            return tuple([item(x) for x in v])
+        except _Bad as e:
+            for i, x in enumerate(v):  # only on failure: find which item it was
+                try:
+                    item(x)
+                except _Bad:
+                    e.path.insert(0, f"[{i}]")
+                    break
+            raise
+
+    return dec
+
+
+def _dict_decoder(value: Decoder, scalar: tuple[type, str] | None) -> Decoder:
+    def dec(v: Any) -> dict[str, Any]:
+        if type(v) is not dict:
+            raise _Bad(f"expected an object, got {_kind(v)}")
+        for k in v:
+            if type(k) is not str:
+                raise _Bad(f"keys must be strings, got {_kind(k)}")
+        if scalar is not None:
+            t = scalar[0]
+            for k, x in v.items():
+                if type(x) is not t:
+                    raise _Bad(f"expected {scalar[1]}, got {_kind(x)}", k)
+            return dict(v)
+        out = {}
+        for k, x in v.items():
+            try:
+                out[k] = value(x)
+            except _Bad as e:
+                e.path.insert(0, k)
+                raise
+        return out
+
+    return dec
 
 
 def _enum_decoder(tp: type[enum.Enum]) -> Decoder:
     by_value = {m.value: m for m in tp}
     choices = ", ".join(repr(m.value) for m in tp)
 
-    def dec(v: Any, path: str) -> Any:
+    def dec(v: Any) -> Any:
         try:
             return by_value[v]
         except (KeyError, TypeError):
-            raise CodecError(path, f"{v!r} is not one of {choices}") from None
+            raise _Bad(f"{v!r} is not one of {choices}") from None
 
     return dec
 
@@ -267,7 +366,10 @@ def to_plain(obj: Any, *, binary: bool = False) -> Any:
 def from_plain(tp: type[T], data: Any, *, binary: bool = False, path: str = "") -> T:
     """Build a ``tp`` from plain data; raises CodecError naming the field on bad input."""
     fmt = _MSGPACK if binary else _JSON
-    result: T = fmt.decoder(tp)(data, path)
+    try:
+        result: T = fmt.decoder(tp)(data)
+    except _Bad as e:
+        raise e.error(path) from None
     return result
 
 
