@@ -123,9 +123,12 @@ def make_executor(name: str, **options: Any) -> Executor:
 
         return SimExecutor(**options)
     if name == "runc":
-        # The container runtime (agent/runtime/) is not wired to the task lifecycle yet: say so plainly
-        # instead of accepting tasks that would never start.
-        raise ExecutorUnavailable(
-            "runc", "the container executor is not available in this build yet (use --executor sim)"
-        )
+        import shutil
+
+        from agent.executor_runc import RuncExecutor
+
+        for binary in ("runc", "conmon"):
+            if shutil.which(binary) is None:
+                raise ExecutorUnavailable("runc", f"{binary} is not installed (run scripts/setup)")
+        return RuncExecutor(**options)
     raise ExecutorUnavailable(name, f"unknown executor (choose from {', '.join(EXECUTORS)})")

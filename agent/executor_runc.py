@@ -1,0 +1,191 @@
+"""``--executor runc``: tasks as containers of the host's local runtime (agent/runtime/).
+
+Each task becomes one container named as Docker names swarm tasks (``<service>.<slot>.<task id>``) and
+labelled with the task's identity (``com.docker.swarm.task.id`` …), which is how the executor finds the
+containers it made — after an agent restart too — and never touches anyone else's. A service's
+``ContainerSpec.command`` replaces the image's ENTRYPOINT and ``args`` its CMD, as in Docker.
+
+Images missing on the host are pulled from their registry during *prepare*; a pull that fails rejects the
+task (the controller reports it), which is what Docker does for an unknown image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from agent.errors import ExecutorError, TaskNotFound
+from agent.executor import ExitStatus, TaskDependencies, host_description
+from agent.runtime.containers.config import ContainerConfig, Resources
+from agent.runtime.errors import ContainerNotFound, ContainerRuntimeError, ImageNotFound
+from agent.runtime.local import LocalRuntime, LocalRuntimeOptions
+from agent.runtime.volumes.spec import MountRequest
+from api import Task
+from api.objects import SECOND, MountType, NodeDescription
+from scheduler.from_api import task_container_name
+
+log = logging.getLogger("shoal.agent.executor")
+
+LABEL_TASK_ID = "com.docker.swarm.task.id"
+LABEL_TASK_NAME = "com.docker.swarm.task.name"
+LABEL_SERVICE_ID = "com.docker.swarm.service.id"
+LABEL_SERVICE_NAME = "com.docker.swarm.service.name"
+LABEL_NODE_ID = "com.docker.swarm.node.id"
+
+
+class RuncExecutor:
+    """Runs tasks as containers under runc; see the module docstring."""
+
+    name = "runc"
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        hostname: str = "",
+        labels: Mapping[str, str] | None = None,
+        options: LocalRuntimeOptions | None = None,
+        node_id: str = "",
+    ) -> None:
+        self.runtime = LocalRuntime(root, options)
+        self.hostname = hostname
+        self.labels = dict(labels or {})
+        self.node_id = node_id
+        self._opened = False
+
+    async def _open(self) -> LocalRuntime:
+        if not self._opened:
+            await self.runtime.open()
+            self._opened = True
+        return self.runtime
+
+    async def describe(self) -> NodeDescription:
+        runtime = await self._open()
+        desc = host_description(self.hostname, self.labels)
+        return replace(desc, storage_driver=getattr(runtime.snapshots, "driver", "") or "overlay")
+
+    def _container_of(self, task_id: str) -> str | None:
+        for record in self.runtime.list_containers(
+            all=True, filters={"label": [f"{LABEL_TASK_ID}={task_id}"]}
+        ):
+            return record.id
+        return None
+
+    async def list_tasks(self) -> set[str]:
+        runtime = await self._open()
+        ids = set()
+        for record in runtime.list_containers(all=True, filters={"label": [LABEL_TASK_ID]}):
+            task_id = record.config.labels.get(LABEL_TASK_ID)
+            if task_id:
+                ids.add(task_id)
+        return ids
+
+    async def prepare(self, task: Task, deps: TaskDependencies) -> None:
+        runtime = await self._open()
+        if self._container_of(task.meta.id) is not None:
+            return  # prepared before (an agent restart, or a retried step)
+        spec = task.spec.container
+        try:
+            runtime.image(spec.image)
+        except ImageNotFound:
+            log.info("pulling %s for task %s", spec.image, task.meta.id)
+            try:
+                await runtime.pull(spec.image)
+            except ContainerRuntimeError as e:
+                raise ExecutorError(task.meta.id, f"No such image: {spec.image} ({e})") from None
+        config = self._config(task)
+        mounts = [
+            MountRequest(type=m.type.value, target=m.target, source=m.source, read_only=m.read_only)
+            for m in spec.mounts
+            if m.type is not MountType.TMPFS
+        ]
+        try:
+            await runtime.create(config, task_container_name(task), mounts=mounts)
+        except ContainerRuntimeError as e:
+            raise ExecutorError(task.meta.id, str(e)) from None
+
+    def _config(self, task: Task) -> ContainerConfig:
+        c = task.spec.container
+        limits = task.spec.resources.limits
+        labels = {
+            **c.labels,
+            LABEL_TASK_ID: task.meta.id,
+            LABEL_TASK_NAME: task_container_name(task),
+            LABEL_SERVICE_ID: task.service_id,
+            LABEL_SERVICE_NAME: task.service_annotations.name,
+            LABEL_NODE_ID: task.node_id or self.node_id,
+        }
+        return ContainerConfig(
+            image=c.image,
+            entrypoint=tuple(c.command) if c.command else None,
+            cmd=tuple(c.args) if c.args else None,
+            env=tuple(c.env),
+            working_dir=c.dir or None,
+            user=c.user or None,
+            hostname=c.hostname or task.meta.id[:12],
+            labels=labels,
+            stop_signal=c.stop_signal or None,
+            stop_timeout=max(1, c.stop_grace_period_ns // SECOND),
+            init=c.init,
+            read_only=c.read_only,
+            tmpfs={m.target: "" for m in c.mounts if m.type is MountType.TMPFS},
+            resources=Resources(memory=limits.memory_bytes, nano_cpus=limits.nano_cpus),
+        )
+
+    def _require(self, task_id: str) -> str:
+        cid = self._container_of(task_id)
+        if cid is None:
+            raise TaskNotFound(task_id)
+        return cid
+
+    async def start(self, task: Task) -> None:
+        runtime = await self._open()
+        try:
+            record = await runtime.containers.start(self._require(task.meta.id))
+        except ContainerRuntimeError as e:
+            raise ExecutorError(task.meta.id, str(e)) from None
+        if record.state.error:
+            raise ExecutorError(task.meta.id, record.state.error)
+
+    async def wait(self, task: Task) -> ExitStatus:
+        runtime = await self._open()
+        cid = self._require(task.meta.id)
+        try:
+            code = await runtime.wait(cid)
+        except ContainerNotFound:
+            raise TaskNotFound(task.meta.id) from None
+        record = runtime.containers.inspect(cid)
+        message = "OOM killed" if record.state.oom_killed else f"exit code {code}"
+        return ExitStatus(exit_code=code, message=message)
+
+    async def shutdown(self, task: Task) -> None:
+        runtime = await self._open()
+        cid = self._container_of(task.meta.id)
+        if cid is None:
+            return
+        timeout = max(1, task.spec.container.stop_grace_period_ns // SECOND)
+        try:
+            await runtime.containers.stop(cid, timeout=timeout)
+        except ContainerNotFound:
+            return
+        except ContainerRuntimeError as e:
+            raise ExecutorError(task.meta.id, str(e)) from None
+
+    async def remove(self, task_id: str) -> None:
+        runtime = await self._open()
+        cid = self._container_of(task_id)
+        if cid is None:
+            return
+        try:
+            await runtime.remove(cid, force=True, volumes=True)
+        except ContainerNotFound:
+            return
+        except ContainerRuntimeError as e:
+            raise ExecutorError(task_id, str(e)) from None
+
+    async def close(self) -> None:
+        if self._opened:
+            await self.runtime.close()
+            self._opened = False
