@@ -7,23 +7,34 @@ containers it made — after an agent restart too — and never touches anyone e
 
 Images missing on the host are pulled from their registry during *prepare*; a pull that fails rejects the
 task (the controller reports it), which is what Docker does for an unknown image.
+
+With a network controller (agent/network/) a task gets a network sandbox before its container is created:
+its cluster networks (overlays, with the addresses the manager allocated) in the order its spec lists them,
+or the default bridge when it has none; the container joins that namespace and gets the sandbox's
+``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf``. Without one, containers have only loopback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from agent.errors import ExecutorError, TaskNotFound
 from agent.executor import ExitStatus, TaskDependencies, host_description
+from agent.network.controller import NetworkController
+from agent.network.errors import NetworkError, NetworkNotFound
+from agent.network.sandbox import SandboxConfig
 from agent.runtime.containers.config import ContainerConfig, Resources
 from agent.runtime.errors import ContainerNotFound, ContainerRuntimeError, ImageNotFound
 from agent.runtime.local import LocalRuntime, LocalRuntimeOptions
 from agent.runtime.volumes.spec import MountRequest
-from api import Task
+from api import Network, Task
 from api.objects import SECOND, MountType, NodeDescription
+from overlay.cluster import network_config, task_attachments
 from scheduler.from_api import task_container_name
 
 log = logging.getLogger("shoal.agent.executor")
@@ -48,8 +59,10 @@ class RuncExecutor:
         labels: Mapping[str, str] | None = None,
         options: LocalRuntimeOptions | None = None,
         node_id: str = "",
+        network: NetworkController | None = None,
     ) -> None:
         self.runtime = LocalRuntime(root, options)
+        self.network = network
         self.hostname = hostname
         self.labels = dict(labels or {})
         self.node_id = node_id
@@ -102,9 +115,55 @@ class RuncExecutor:
             if m.type is not MountType.TMPFS
         ]
         try:
+            if self.network is not None:
+                mode, etc = await self._sandbox(task, deps.networks)
+                config = replace(config, network_mode=mode)
+                mounts += [
+                    MountRequest(type="bind", target=f"/etc/{name}", source=str(path)) for name, path in etc
+                ]
             await runtime.create(config, task_container_name(task), mounts=mounts)
-        except ContainerRuntimeError as e:
+        except (ContainerRuntimeError, NetworkError) as e:
+            await self._drop_sandbox(task.meta.id)
             raise ExecutorError(task.meta.id, str(e)) from None
+
+    async def _sandbox(
+        self, task: Task, networks: Mapping[str, Network]
+    ) -> tuple[str, list[tuple[str, Path]]]:
+        """The task's network namespace, joined to its networks; its runtime mode and its /etc files."""
+        assert self.network is not None
+        ctl = self.network
+        attachments = task_attachments(task)
+        for att in attachments:
+            net = networks.get(att.network_id)
+            if net is None:
+                raise ExecutorError(task.meta.id, f"network {att.network_id} was not sent with the task")
+            try:
+                ctl.network(net.meta.id)
+            except NetworkNotFound:
+                await ctl.create_network(network_config(net))
+        etc_dir = self.runtime.root / "netetc" / task.meta.id
+        first = attachments[0] if attachments else None
+        sandbox = await ctl.create_sandbox(
+            SandboxConfig(
+                container_id=task.meta.id,
+                name=task_container_name(task),
+                network_mode=first.network_id if first else "bridge",
+                hostname=task.spec.container.hostname or task.meta.id[:12],
+                ip=first.ip if first else "",
+                etc_dir=str(etc_dir),
+            )
+        )
+        for att in attachments[1:]:
+            await ctl.connect(task.meta.id, att.network_id, ip=att.ip)
+        files = ctl.etc_files(task.meta.id).write(etc_dir)
+        return sandbox.runtime_mode, sorted(files.items())
+
+    async def _drop_sandbox(self, task_id: str) -> None:
+        if self.network is None:
+            return
+        with contextlib.suppress(NetworkError):
+            await self.network.remove_sandbox(task_id)
+        shutil.rmtree(self.runtime.root / "netetc" / task_id, ignore_errors=True)
 
     def _config(self, task: Task) -> ContainerConfig:
         c = task.spec.container
@@ -177,13 +236,15 @@ class RuncExecutor:
         runtime = await self._open()
         cid = self._container_of(task_id)
         if cid is None:
+            await self._drop_sandbox(task_id)
             return
         try:
             await runtime.remove(cid, force=True, volumes=True)
         except ContainerNotFound:
-            return
+            pass
         except ContainerRuntimeError as e:
             raise ExecutorError(task_id, str(e)) from None
+        await self._drop_sandbox(task_id)
 
     async def close(self) -> None:
         if self._opened:
