@@ -1,23 +1,32 @@
 """One node's agent: an executor, the worker that reconciles tasks through it, and the managers' session.
 
 ``shoal-agent`` runs one :class:`Agent` per host (or, with ``--executor sim --sim-count N``, N simulated
-ones in one process, sharing one HTTP client).
+ones in one process, sharing one HTTP client). An agent without a certificate first joins with its token
+(agent/identity.py); then it keeps its session, and renews its certificate before it expires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
+from cryptography import x509
 
+from agent.errors import AgentError
 from agent.executor import Executor
+from agent.identity import JoinRefused, NodeCredentials, default_renewal_time
 from agent.session import AgentSession
 from agent.worker import Worker
 from api.objects import NodeDescription, TaskStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,6 +34,7 @@ class AgentConfig:
     """How one agent joins: managers, token, where it keeps its identity, and how it describes itself."""
 
     managers: list[str]
+    #: The join token; needed only until the node has its certificate (the first start).
     token: str
     state_dir: Path
     hostname: str = ""
@@ -32,33 +42,36 @@ class AgentConfig:
     addr: str = ""
     #: Engine labels (``--label k=v``), matched by ``engine.labels.k`` constraints.
     labels: dict[str, str] = field(default_factory=dict)
-    ssl_context: ssl.SSLContext | None = None
     #: Reconnect backoff (first delay, longest delay) in seconds.
     backoff: tuple[float, float] = (0.05, 5.0)
+    #: When to renew a certificate (default: half its lifetime, or 30 minutes, before it expires).
+    renew_at: Callable[[x509.Certificate], dt.datetime] = default_renewal_time
 
 
 class Agent:
-    """A node's agent. ``await run()`` until :meth:`stop`; a fatal refusal raises SessionRefused."""
+    """A node's agent. ``await run()`` until :meth:`stop`; a fatal refusal raises SessionRefused (or
+    JoinRefused, when joining fails)."""
 
     def __init__(self, config: AgentConfig, executor: Executor, *, http: aiohttp.ClientSession | None = None):
         self.config = config
         self.executor = executor
         self.worker = Worker(executor, self._report)
         self.description = NodeDescription(hostname=config.hostname)
+        self.credentials = NodeCredentials(config.state_dir)
+        self._http = http
         self.session = AgentSession(
             config.managers,
-            config.token,
-            config.state_dir,
+            self.credentials,
             describe=lambda: self.description,
             on_assignments=self.worker.assign,
             statuses=self.worker.statuses,
             hostname=config.hostname,
             addr=config.addr,
             http=http,
-            ssl_context=config.ssl_context,
             backoff=config.backoff,
         )
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def node_id(self) -> str:
@@ -68,18 +81,89 @@ class Agent:
         self.session.report(task_id, status)
 
     async def run(self) -> None:
-        """Describe the host, then keep the session and run what is assigned until stopped."""
+        """Describe the host, join if needed, then keep the session and run what is assigned."""
         described = await self.executor.describe()
         labels = {**described.engine_labels, **self.config.labels}
         self.description = replace(
             described, hostname=self.config.hostname or described.hostname, engine_labels=labels
         )
-        await self.worker.start()
+        http = self._http or aiohttp.ClientSession()
+        renewals: asyncio.Task[None] | None = None
         try:
+            if not self.credentials.present:
+                await self._join(http)
+                if self._stopping:
+                    return
+            await self.worker.start()
+            renewals = asyncio.get_running_loop().create_task(self._renewals(http), name="agent-renewals")
             await self.session.run()
         finally:
+            if renewals is not None:
+                renewals.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewals
             await self.worker.stop()
             await self.executor.close()
+            if self._http is None:
+                await http.close()
+
+    async def _join(self, http: aiohttp.ClientSession) -> None:
+        if not self.config.token:
+            raise AgentError(
+                f"this node has not joined a cluster ({self.credentials.cert_file} is missing): "
+                "give a join token (--token)"
+            )
+        failures = 0
+        while not self._stopping:
+            for addr in self.config.managers:
+                try:
+                    await self.credentials.join(
+                        http,
+                        addr,
+                        self.config.token,
+                        hostname=self.description.hostname,
+                        addr=self.config.addr,
+                    )
+                    return
+                except JoinRefused as e:
+                    if e.fatal:
+                        raise
+                    log.warning("joining through %s failed: %s", addr, e)
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    log.debug("manager %s: %s", addr, e)
+            failures += 1
+            await asyncio.sleep(self._delay(failures))
+
+    def _delay(self, failures: int) -> float:
+        low, high = self.config.backoff
+        return float(min(high, low * 2 ** min(failures, 16)) * random.uniform(0.5, 1.0))
+
+    async def _renewals(self, http: aiohttp.ClientSession) -> None:
+        """Renew the certificate when it is due, through the manager of the session (or any other)."""
+        failures = 0
+        while True:
+            cert = self.credentials.certificate
+            assert cert is not None
+            wait = (self.config.renew_at(cert) - dt.datetime.now(dt.UTC)).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 300.0))  # look again now and then: clocks jump
+                continue
+            managers = list(dict.fromkeys(m for m in (self.session.manager, *self.session.managers) if m))
+            for addr in managers:
+                try:
+                    await self.credentials.renew(http, addr)
+                    failures = 0
+                    break
+                except JoinRefused as e:
+                    if e.fatal:
+                        log.error("certificate renewal refused: %s", e)
+                        return
+                    log.warning("certificate renewal through %s failed: %s", addr, e)
+                except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                    log.warning("certificate renewal through %s failed: %s", addr, e)
+            else:
+                failures += 1
+                await asyncio.sleep(min(60.0, 0.5 * 2 ** min(failures, 8)))
 
     def start(self) -> asyncio.Task[None]:
         """Run in the background; the returned task ends when the agent does."""
@@ -91,7 +175,10 @@ class Agent:
 
     async def stop(self) -> None:
         """End the session and the task loops (tasks keep running where the executor allows)."""
+        self._stopping = True
         await self.session.stop()
         if self._task is not None:
+            if not self.credentials.present:
+                self._task.cancel()  # still trying to join
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._task, 10)

@@ -8,6 +8,12 @@ until the task changes). So the whole state machine of a task lives here, and th
                                    └─ error → REJECTED          └─ error → FAILED
     desired state past RUNNING, or no longer assigned:  shutdown() → SHUTDOWN
 
+A task with a health check (agent/health.py; executors that implement ``HealthChecker``) stays STARTING
+after its container started until its first healthy probe, as SwarmKit's controller does, so rolling
+updates and load balancing count it only once it serves; its health is in :attr:`TaskController.health`.
+When it becomes unhealthy — before or after RUNNING — the controller shuts it down and reports it FAILED
+with SwarmKit's error "unhealthy container", and the manager's restart supervisor replaces it.
+
 Every transition is checked against the lifecycle table (api.states), so a bug here cannot produce a
 status the manager would have to refuse. Executor failures become statuses with the error in ``err``,
 never exceptions out of the controller.
@@ -18,15 +24,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from agent.errors import ExecutorError
-from agent.executor import Executor, ExitStatus, TaskDependencies
+from agent.executor import Executor, ExitStatus, HealthChecker, TaskDependencies
+from agent.health import UNHEALTHY_ERROR, CheckOutput, Health, HealthMonitor, HealthState
 from api import Task, TaskState, check_transition, utcnow
 from api.objects import TaskStatus
 
 log = logging.getLogger(__name__)
+
+_HEALTHY_OR_NOT = frozenset({HealthState.HEALTHY, HealthState.UNHEALTHY})
+_UNHEALTHY = frozenset({HealthState.UNHEALTHY})
+#: How long to wait for the exit code of a task just stopped for being unhealthy.
+_EXIT_AFTER_STOP = 5.0
 
 
 class TaskController:
@@ -47,6 +60,10 @@ class TaskController:
         #: Set when the task is no longer assigned to this node: shut it down, then remove it.
         self.unassigned = False
         self._changed = asyncio.Event()
+        #: The task's health checks, once it started and if it has any.
+        self.monitor: HealthMonitor | None = None
+        self._started = False  # start() done by this controller (STARTING may then wait for health)
+        self._health_resolved = False  # looked for the task's health check already
 
     # --- what the worker tells the controller -----------------------------------------------------------
     def update(self, task: Task) -> None:
@@ -81,6 +98,11 @@ class TaskController:
         """Whether the task has ended (nothing more will happen to it here)."""
         return self.status.state.is_terminal
 
+    @property
+    def health(self) -> Health | None:
+        """The task's health (Docker's ``State.Health``), or None when it has no health check."""
+        return self.monitor.health if self.monitor is not None else None
+
     # --- one step ------------------------------------------------------------------------------------------
     async def step(self) -> TaskStatus | None:
         """Do the next step; return the new status, or None when at rest (or when the task changed)."""
@@ -110,20 +132,45 @@ class TaskController:
         if state is TaskState.READY:
             return self._set(TaskState.STARTING, "starting")
         if state is TaskState.STARTING:
+            if not self._started:
+                try:
+                    await self.executor.start(task)
+                except ExecutorError as e:
+                    return self._set(TaskState.FAILED, "starting failed", err=e.message)
+                self._started = True
+                await self._open_monitor(task)
+            if self.monitor is None:
+                return self._set(TaskState.RUNNING, "started")
+            # Wait for the first healthy probe (or the end), unless the task changes first.
             try:
-                await self.executor.start(task)
+                outcome = await self._watch(task, _HEALTHY_OR_NOT)
             except ExecutorError as e:
-                return self._set(TaskState.FAILED, "starting failed", err=e.message)
-            return self._set(TaskState.RUNNING, "started")
-        # RUNNING: wait for the exit, unless the task changes first (then the caller steps again).
+                return self._set(TaskState.FAILED, "lost track of the task", err=e.message)
+            if outcome is None:
+                return None
+            if isinstance(outcome, Health):
+                if outcome.status is HealthState.HEALTHY:
+                    return self._set(TaskState.RUNNING, "started")
+                return await self._stop_unhealthy(task)
+            if outcome.exit_code == 0:
+                return self._set(TaskState.RUNNING, "started")  # the next step sees the exit: COMPLETE
+            return self._exited(outcome)
+        # RUNNING: wait for the exit or unhealthiness, unless the task changes first (then step again).
+        if not self._health_resolved:
+            await self._open_monitor(task)  # e.g. a task running since before an agent restart
         try:
-            exit_status = await self._wait_or_change(task)
+            result = await self._watch(task, _UNHEALTHY)
         except ExecutorError as e:
             return self._set(TaskState.FAILED, "lost track of the task", err=e.message)
-        if exit_status is None:
+        if result is None:
             return None
-        if exit_status.exit_code == 0:
+        if isinstance(result, Health):
+            return await self._stop_unhealthy(task)
+        if result.exit_code == 0:
             return self._set(TaskState.COMPLETE, "finished", exit_code=0)
+        return self._exited(result)
+
+    def _exited(self, exit_status: ExitStatus) -> TaskStatus:
         return self._set(
             TaskState.FAILED,
             "task exited",
@@ -131,20 +178,62 @@ class TaskController:
             exit_code=exit_status.exit_code,
         )
 
-    async def _wait_or_change(self, task: Task) -> ExitStatus | None:
+    # --- health ---------------------------------------------------------------------------------------------
+    async def _open_monitor(self, task: Task) -> None:
+        """Set up the task's health monitor if the executor runs checks and the task has one."""
+        self._health_resolved = True
+        executor = self.executor
+        if not isinstance(executor, HealthChecker):
+            return
+        try:
+            config = await executor.healthcheck(task)
+        except ExecutorError as e:
+            log.warning("task %s: cannot read its health check: %s", task.meta.id, e.message)
+            return
+        if config is None:
+            return
+
+        async def run(command: Sequence[str]) -> CheckOutput:
+            return await executor.exec_check(task, command)
+
+        self.monitor = HealthMonitor(config, run, name=task.meta.id)
+
+    async def _stop_unhealthy(self, task: Task) -> TaskStatus:
+        """Shut the unhealthy task down and report it FAILED, as SwarmKit's agent does."""
+        try:
+            await self.executor.shutdown(task)
+        except ExecutorError as e:
+            return self._set(
+                TaskState.FAILED, "unhealthy", err=f"{UNHEALTHY_ERROR} shutdown failed: {e.message}"
+            )
+        exit_code = None
+        with contextlib.suppress(ExecutorError, TimeoutError):
+            exit_code = (await asyncio.wait_for(self.executor.wait(task), _EXIT_AFTER_STOP)).exit_code
+        return self._set(TaskState.FAILED, "unhealthy", err=UNHEALTHY_ERROR, exit_code=exit_code)
+
+    async def _watch(self, task: Task, health: frozenset[HealthState]) -> ExitStatus | Health | None:
+        """Wait for the task's exit, its health reaching one of ``health`` (when it has checks), or a change
+        of the task (None). An exit wins over a health verdict that comes at the same time."""
         waiter = asyncio.ensure_future(self.executor.wait(task))
         changed = asyncio.ensure_future(self._changed.wait())
+        jobs: set[asyncio.Future[Any]] = {waiter, changed}
+        checks = None
+        if self.monitor is not None:
+            checks = asyncio.ensure_future(self.monitor.run_until(health))
+            jobs.add(checks)
         try:
-            await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            changed.cancel()
-            if not waiter.done():
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
-        if waiter.cancelled():
-            return None
-        return waiter.result()
+            for job in jobs:
+                if not job.done():
+                    job.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await job
+        if not waiter.cancelled():
+            return waiter.result()
+        if checks is not None and not checks.cancelled():
+            return checks.result()
+        return None
 
     def _set(
         self, state: TaskState, message: str, *, err: str = "", exit_code: int | None = None

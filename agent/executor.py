@@ -7,7 +7,8 @@ executors exist: ``sim`` (agent/executor_sim.py: no containers, for tests and co
 and ``runc`` (containers through agent/runtime/, chosen by :func:`make_executor`).
 
 An executor only ever lists and touches what it created itself (``list_tasks``), so containers that other
-tools made on the host are left alone.
+tools made on the host are left alone. Executors that can run health checks also implement
+:class:`HealthChecker`; the controller monitors a task's health only through them (agent/health.py).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from agent.errors import ExecutorUnavailable
+from agent.health import CheckOutput
 from api import Network, Secret, Task
-from api.objects import NodeDescription, Platform, Resources
+from api.objects import HealthConfig, NodeDescription, Platform, Resources
 
 #: Executors ``--executor`` accepts.
 EXECUTORS = ("runc", "sim")
@@ -78,6 +80,20 @@ class Executor(Protocol):
 
     async def close(self) -> None:
         """Release the executor's own resources (tasks keep running where the executor allows)."""
+        ...
+
+
+@runtime_checkable
+class HealthChecker(Protocol):
+    """The optional part of an executor that runs health checks (an executor without it runs no checks)."""
+
+    async def healthcheck(self, task: Task) -> HealthConfig | None:
+        """The check the task runs — its spec's, completed from the image's — or None for none."""
+        ...
+
+    async def exec_check(self, task: Task, command: Sequence[str]) -> CheckOutput:
+        """Run ``command`` once in the task's running container, non-interactively, and return its exit
+        code and output. Cancelling the call stops the command (that is how timeouts end it)."""
         ...
 
 

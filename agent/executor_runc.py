@@ -12,6 +12,12 @@ With a network controller (agent/network/) a task gets a network sandbox before 
 its cluster networks (overlays, with the addresses the manager allocated) in the order its spec lists them,
 or the default bridge when it has none; the container joins that namespace and gets the sandbox's
 ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf``. Without one, containers have only loopback.
+
+A task's secrets are written to a tmpfs of its own and bind-mounted read-only at ``/run/secrets``
+(agent/secrets.py), never to the disk; removing the task unmounts them.
+
+Health checks (the spec's, or the image's ``HEALTHCHECK``) run in the container through ``runc exec``
+(agent/health_runc.py); the task controller schedules them.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from agent.errors import ExecutorError, TaskNotFound
 from agent.executor import ExitStatus, TaskDependencies, host_description
+from agent.health import CheckOutput, effective_config
+from agent.health_runc import exec_check, image_healthcheck
 from agent.network.controller import NetworkController
 from agent.network.errors import NetworkError, NetworkNotFound
 from agent.network.sandbox import SandboxConfig
@@ -32,8 +40,9 @@ from agent.runtime.containers.config import ContainerConfig, Resources
 from agent.runtime.errors import ContainerNotFound, ContainerRuntimeError, ImageNotFound
 from agent.runtime.local import LocalRuntime, LocalRuntimeOptions
 from agent.runtime.volumes.spec import MountRequest
+from agent.secrets import CONTAINER_DIR, mount_secrets, secret_files, unmount_secrets
 from api import Network, Task
-from api.objects import SECOND, MountType, NodeDescription
+from api.objects import SECOND, HealthConfig, MountType, NodeDescription
 from overlay.cluster import network_config, task_attachments
 from scheduler.from_api import task_container_name
 
@@ -114,7 +123,13 @@ class RuncExecutor:
             for m in spec.mounts
             if m.type is not MountType.TMPFS
         ]
+        files = secret_files(task, deps.secrets)
         try:
+            if files:
+                path = mount_secrets(task.meta.id, files)
+                mounts.append(
+                    MountRequest(type="bind", target=CONTAINER_DIR, source=str(path), read_only=True)
+                )
             if self.network is not None:
                 mode, etc = await self._sandbox(task, deps.networks)
                 config = replace(config, network_mode=mode)
@@ -124,6 +139,7 @@ class RuncExecutor:
             await runtime.create(config, task_container_name(task), mounts=mounts)
         except (ContainerRuntimeError, NetworkError) as e:
             await self._drop_sandbox(task.meta.id)
+            _drop_secrets(task.meta.id)
             raise ExecutorError(task.meta.id, str(e)) from None
 
     async def _sandbox(
@@ -237,6 +253,7 @@ class RuncExecutor:
         cid = self._container_of(task_id)
         if cid is None:
             await self._drop_sandbox(task_id)
+            _drop_secrets(task_id)
             return
         try:
             await runtime.remove(cid, force=True, volumes=True)
@@ -245,8 +262,31 @@ class RuncExecutor:
         except ContainerRuntimeError as e:
             raise ExecutorError(task_id, str(e)) from None
         await self._drop_sandbox(task_id)
+        _drop_secrets(task_id)
+
+    async def healthcheck(self, task: Task) -> HealthConfig | None:
+        runtime = await self._open()
+        image = task.spec.container.image
+        with contextlib.suppress(ContainerRuntimeError, TaskNotFound):
+            # The image the container was made from, even if the name has moved to another since.
+            image = runtime.containers.inspect(self._require(task.meta.id)).config.image_id or image
+        return effective_config(task.spec.container.healthcheck, image_healthcheck(runtime, image))
+
+    async def exec_check(self, task: Task, command: Sequence[str]) -> CheckOutput:
+        runtime = await self._open()
+        try:
+            return await exec_check(runtime, self._require(task.meta.id), command)
+        except ContainerRuntimeError as e:
+            raise ExecutorError(task.meta.id, str(e)) from None
 
     async def close(self) -> None:
         if self._opened:
             await self.runtime.close()
             self._opened = False
+
+
+def _drop_secrets(task_id: str) -> None:
+    try:
+        unmount_secrets(task_id)
+    except (OSError, ContainerRuntimeError) as e:
+        log.warning("could not unmount the secrets of task %s: %s", task_id, e)

@@ -8,6 +8,11 @@ down, unless told otherwise. Failures are injected two ways:
   the task exit by itself after that long, with ``SHOAL_SIM_EXIT_CODE`` (default 0);
 - from a test, with :meth:`SimExecutor.exit` (end a running task with a code) and :meth:`fail_next`.
 
+Health checks (agent/health.py) run on the spec's schedule; a probe's result comes from
+``SHOAL_SIM_HEALTH`` in the environment (or :meth:`SimExecutor.set_health`): ``healthy`` (the default),
+``unhealthy`` (every probe fails), ``flaky:N`` (every N-th probe fails), ``after:N`` (N probes pass, then
+every one fails) or ``hang`` (probes never answer, so the check's timeout fails them).
+
 Each :class:`SimExecutor` is one simulated host: it describes itself with configurable resources, so a
 thousand of them in one process look like a thousand modest nodes to the scheduler.
 """
@@ -16,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.errors import ExecutorError, TaskNotFound
 from agent.executor import ExitStatus, TaskDependencies
+from agent.health import CheckOutput, effective_config
 from api import Task
-from api.objects import NodeDescription, Platform, Resources
+from api.objects import HealthConfig, NodeDescription, Platform, Resources
 
 #: Exit code of a simulated task that was shut down (SIGTERM, as a shell reports it).
 SHUTDOWN_EXIT_CODE = 143
@@ -36,6 +43,8 @@ class SimTask:
     exit: asyncio.Future[ExitStatus] | None = None
     timer: asyncio.TimerHandle | None = None
     deps: TaskDependencies = field(default_factory=TaskDependencies)
+    #: Health check probes run so far.
+    probes: int = 0
 
 
 def _env(task: Task) -> dict[str, str]:
@@ -70,6 +79,7 @@ class SimExecutor:
         #: Task ids removed so far, in order (for tests).
         self.removed: list[str] = []
         self._fail_next: dict[str, str] = {}
+        self._health: dict[str, str] = {}
 
     async def describe(self) -> NodeDescription:
         return NodeDescription(
@@ -96,6 +106,10 @@ class SimExecutor:
             raise TaskNotFound(task_id)
         held.state = "exited"
         held.exit.set_result(ExitStatus(exit_code, message or f"exited with code {exit_code}"))
+
+    def set_health(self, task_id: str, mode: str) -> None:
+        """Make the task's health probes answer as ``mode`` (a ``SHOAL_SIM_HEALTH`` value) from now on."""
+        self._health[task_id] = mode
 
     def running(self) -> set[str]:
         """Ids of the tasks running now."""
@@ -165,6 +179,34 @@ class SimExecutor:
         if held.exit is not None and not held.exit.done():
             held.exit.cancel()
         self.removed.append(task_id)
+
+    # --- health checks ----------------------------------------------------------------------------------
+    async def healthcheck(self, task: Task) -> HealthConfig | None:
+        return effective_config(task.spec.container.healthcheck)
+
+    async def exec_check(self, task: Task, command: Sequence[str]) -> CheckOutput:
+        held = self.tasks.get(task.meta.id)
+        if held is None or held.state != "running":
+            raise ExecutorError(task.meta.id, "container is not running")
+        n = held.probes
+        held.probes += 1
+        mode = self._health.get(task.meta.id) or _env(task).get("SHOAL_SIM_HEALTH") or "healthy"
+        kind, _, count = mode.partition(":")
+        try:
+            every = max(1, int(count or 1))
+        except ValueError:
+            return CheckOutput(1, f"bad SHOAL_SIM_HEALTH {mode!r}")
+        if kind == "hang":
+            await asyncio.Event().wait()  # until the check's timeout cancels the probe
+        passed = {
+            "healthy": True,
+            "unhealthy": False,
+            "flaky": (n + 1) % every != 0,
+            "after": n < every,
+        }.get(kind)
+        if passed is None:
+            return CheckOutput(1, f"bad SHOAL_SIM_HEALTH {mode!r}")
+        return CheckOutput(0, "healthy\n") if passed else CheckOutput(1, "simulated failure\n")
 
     async def close(self) -> None:
         for held in self.tasks.values():

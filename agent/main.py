@@ -2,6 +2,9 @@
 
     shoal-agent --manager 10.0.0.1:2377,10.0.0.2:2377 --token SWMTKN-1-… --state-dir /var/lib/shoal
 
+The token is used once, to join: the node's certificate, kept in the state dir, is its identity after
+that (docs/security.md), so later starts need no token.
+
 With ``--executor sim --sim-count N`` one process hosts N simulated nodes named HOSTNAME-1 … HOSTNAME-N,
 each with its own state directory under ``--state-dir``, for testing and measuring the control plane.
 """
@@ -21,6 +24,7 @@ import click
 from agent.agent import Agent, AgentConfig
 from agent.errors import AgentError, SessionRefused
 from agent.executor import EXECUTORS, Executor, make_executor
+from agent.identity import JoinRefused
 from api.errors import ShoalError
 
 log = logging.getLogger("shoal.agent")
@@ -45,14 +49,17 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="Manager address(es), HOST:PORT, comma-separated; more are learnt from the managers.",
 )
 @click.option(
-    "--token", required=True, envvar="SHOAL_JOIN_TOKEN", help="The cluster's worker or manager join token."
+    "--token",
+    default="",
+    envvar="SHOAL_JOIN_TOKEN",
+    help="The cluster's worker or manager join token (needed only to join, the first time).",
 )
 @click.option(
     "--state-dir",
     default="/var/lib/shoal/agent",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the agent keeps its node id.",
+    help="Where the agent keeps its node id, certificate and key.",
 )
 @click.option(
     "--executor",
@@ -109,7 +116,7 @@ def cli(
     )
     try:
         asyncio.run(_serve(base, executor, sim_count, sim_start_delay))
-    except SessionRefused as e:
+    except (SessionRefused, JoinRefused) as e:
         click.echo(f"shoal-agent: refused by the manager: {e}", err=True)
         sys.exit(1)
     except (AgentError, ShoalError) as e:
@@ -136,6 +143,10 @@ def _configs(base: AgentConfig, count: int) -> list[AgentConfig]:
 def _executor(name: str, config: AgentConfig, start_delay: float) -> Executor:
     if name == "sim":
         return make_executor("sim", start_delay=start_delay, hostname=config.hostname)
+    if name == "runc":
+        return make_executor(
+            "runc", root=config.state_dir / "runtime", hostname=config.hostname, labels=config.labels
+        )
     return make_executor(name)
 
 

@@ -1,15 +1,16 @@
 """The agent's session with the managers: register, heartbeat, receive assignments, send statuses.
 
-:class:`AgentSession` connects to one of the managers it knows (``ws://ADDR/agent/session``), registers
-with the join token and its node id (kept in the state dir once the manager gave one), then runs three
-things until the connection ends: heartbeats every period, assignments handed to the worker, and status
-reports batched into frames. When the manager goes away — the connection closes, or no answer arrives
-for 3 heartbeat periods — it fails over to the next manager (the list it was given plus every manager the
-last ``registered`` named), backing off while none answers. After each registration it sends every
-task's current status again, so nothing reported to a manager that died before writing it is lost.
+:class:`AgentSession` connects to one of the managers it knows (``wss://ADDR/agent/session``, mutual TLS
+with the node's certificate: agent/identity.py), registers — the certificate says which node it is —
+then runs three things until the connection ends: heartbeats every period, assignments handed to the
+worker, and status reports batched into frames. When the manager goes away — the connection closes, or
+no answer arrives for 3 heartbeat periods — it fails over to the next manager (the list it was given
+plus every manager the last ``registered`` named), backing off while none answers. After each
+registration it sends every task's current status again, so nothing reported to a manager that died
+before writing it is lost.
 
-A refusal that retrying cannot fix (bad token, removed node) raises :class:`~agent.errors.SessionRefused`
-out of :meth:`AgentSession.run`.
+A refusal that retrying cannot fix (a removed node, a certificate the managers refuse) raises
+:class:`~agent.errors.SessionRefused` out of :meth:`AgentSession.run`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import ssl
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import aiohttp
 
 from agent.errors import SessionRefused
+from agent.identity import NODE_ID_FILE, NodeCredentials
 from api.errors import CodecError
+from api.join import MANAGER_SERVER_NAME
 from api.objects import SECOND, NodeDescription, TaskStatus
+from api.peers import Peers
 from api.session import (
     SESSION_PATH,
     Assignments,
@@ -47,15 +48,13 @@ log = logging.getLogger(__name__)
 
 #: Largest frame accepted from a manager (a full task set of a busy node).
 MAX_FRAME = 256 * 1024 * 1024
-NODE_ID_FILE = "node_id"
 
 
-def session_url(addr: str, *, tls: bool = False) -> str:
-    """The session URL of a manager given as ``host:port`` or as a full URL."""
+def session_url(addr: str) -> str:
+    """The session URL of a manager given as ``host:port`` (or as a URL: only its address counts)."""
     if "://" in addr:
-        base = addr.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        return base.rstrip("/") + SESSION_PATH
-    return f"{'wss' if tls else 'ws'}://{addr}{SESSION_PATH}"
+        addr = addr.split("://", 1)[1]
+    return f"wss://{addr.rstrip('/')}{SESSION_PATH}"
 
 
 class AgentSession:
@@ -64,8 +63,7 @@ class AgentSession:
     def __init__(
         self,
         managers: Sequence[str],
-        token: str,
-        state_dir: Path | str,
+        credentials: NodeCredentials,
         *,
         describe: Callable[[], NodeDescription],
         on_assignments: Callable[[Assignments], None],
@@ -73,7 +71,6 @@ class AgentSession:
         hostname: str = "",
         addr: str = "",
         http: aiohttp.ClientSession | None = None,
-        ssl_context: ssl.SSLContext | None = None,
         backoff: tuple[float, float] = (0.05, 5.0),
         connect_timeout: float = 10.0,
         status_interval: float = 0.01,
@@ -81,20 +78,19 @@ class AgentSession:
         if not managers:
             raise ValueError("an agent needs at least one manager address")
         self.managers: list[str] = list(dict.fromkeys(managers))
-        self.token = token
-        self.state_dir = Path(state_dir)
+        self.credentials = credentials
         self.hostname = hostname
         self.addr = addr
         self._describe = describe
         self._on_assignments = on_assignments
+        #: Where ``peers`` frames go (the overlay driver's ``apply_peers``); None: they are ignored.
+        self.on_peers: Callable[[Peers], None] | None = None
         self._statuses = statuses
         self._http = http
         self._own_http = http is None
-        self._ssl = ssl_context
         self._backoff = backoff
         self._connect_timeout = connect_timeout
         self._status_interval = status_interval
-        self.node_id = self._load_node_id()
         #: The manager serving the session now ("" while disconnected).
         self.manager = ""
         self.heartbeat_period = 5.0
@@ -108,18 +104,10 @@ class AgentSession:
         self._stopping = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
-    # --- node identity ----------------------------------------------------------------------------------
-    def _load_node_id(self) -> str:
-        try:
-            return (self.state_dir / NODE_ID_FILE).read_text().strip()
-        except FileNotFoundError:
-            return ""
-
-    def _save_node_id(self, node_id: str) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / (NODE_ID_FILE + ".tmp")
-        tmp.write_text(node_id + "\n")
-        os.replace(tmp, self.state_dir / NODE_ID_FILE)
+    @property
+    def node_id(self) -> str:
+        """This node's id (its certificate's)."""
+        return self.credentials.node_id
 
     # --- statuses from the worker -------------------------------------------------------------------------
     def report(self, task_id: str, status: TaskStatus) -> None:
@@ -143,6 +131,15 @@ class AgentSession:
                     if e.fatal:
                         raise
                     log.warning("manager %s refused the session: %s", addr, e.message)
+                except aiohttp.WSServerHandshakeError as e:
+                    if e.status in (401, 403):
+                        # The manager's authorizer refused this node's certificate: retrying cannot help.
+                        raise SessionRefused(
+                            "certificate", f"manager {addr}: {e.message}", fatal=True
+                        ) from None
+                    log.warning("manager %s: %s", addr, e)
+                except aiohttp.ClientSSLError as e:
+                    log.warning("manager %s: TLS failed: %s", addr, e)
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.debug("manager %s: %s", addr, e)
                 finally:
@@ -177,11 +174,22 @@ class AgentSession:
     async def _session(self, addr: str) -> bool:
         """One connection to ``addr``; returns whether it got as far as registering."""
         assert self._http is not None
-        url = session_url(addr, tls=self._ssl is not None)
+        if self.credentials.expired:
+            assert self.credentials.certificate is not None
+            raise SessionRefused(
+                "certificate",
+                f"the node certificate expired at {self.credentials.certificate.not_valid_after_utc}; "
+                f"join again (remove {self.credentials.cert_file} and start with a join token)",
+                fatal=True,
+            )
         timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
         async with asyncio.timeout(self._connect_timeout):
             ws = await self._http.ws_connect(
-                url, max_msg_size=MAX_FRAME, timeout=timeout, ssl=self._ssl if self._ssl else True
+                session_url(addr),
+                max_msg_size=MAX_FRAME,
+                timeout=timeout,
+                ssl=self.credentials.context(),
+                server_hostname=MANAGER_SERVER_NAME,
             )
         self._ws = ws
         try:
@@ -199,8 +207,6 @@ class AgentSession:
     async def _register(self, ws: aiohttp.ClientWebSocketResponse, addr: str) -> Registered:
         description = self._describe()
         frame = Register(
-            token=self.token,
-            node_id=self.node_id,
             hostname=self.hostname or description.hostname,
             addr=self.addr,
             description=description,
@@ -212,8 +218,11 @@ class AgentSession:
         if not isinstance(answer, Registered):
             raise SessionRefused(ErrorCode.PROTOCOL, f"manager {addr} answered {answer!r}", fatal=False)
         if answer.node_id != self.node_id:
-            self.node_id = answer.node_id
-            self._save_node_id(answer.node_id)
+            raise SessionRefused(
+                ErrorCode.PROTOCOL,
+                f"manager {addr} registered {answer.node_id!r}, not this node",
+                fatal=False,
+            )
         self.manager = addr
         if answer.heartbeat_period_ns > 0:
             self.heartbeat_period = answer.heartbeat_period_ns / SECOND
@@ -226,7 +235,11 @@ class AgentSession:
     def _refusal(self, error: Error) -> SessionRefused:
         message = error.message
         if error.code == ErrorCode.NODE_REMOVED:
-            message += f"; to join again as a new node, delete {self.state_dir / NODE_ID_FILE}"
+            state = self.credentials.state_dir
+            message += (
+                f"; to join again as a new node, delete {state / NODE_ID_FILE} and "
+                f"{self.credentials.cert_file} and start with a join token"
+            )
         return SessionRefused(error.code, message, fatal=error.fatal)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse, timeout: float) -> Frame | None:
@@ -269,6 +282,9 @@ class AgentSession:
                 return
             if isinstance(frame, Assignments):
                 self._on_assignments(frame)
+            elif isinstance(frame, Peers):
+                if self.on_peers is not None:
+                    self.on_peers(frame)
             elif isinstance(frame, Heartbeat):
                 if frame.heartbeat_period_ns > 0:
                     self.heartbeat_period = frame.heartbeat_period_ns / SECOND

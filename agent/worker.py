@@ -83,11 +83,18 @@ class Worker:
             ctl = self.controllers.get(task_id)
             if ctl is not None:
                 ctl.unassign()
+        self._forget_unused_secrets()
         if frame.full and not self._had_full:
             self._had_full = True
             for task_id in self._leftovers - assigned:
                 self._spawn_cleanup(task_id)
             self._leftovers.clear()
+
+    def _forget_unused_secrets(self) -> None:
+        """Keep (in memory) only the secrets some task here still uses; the manager forgets the same."""
+        used = {r.secret_id for ctl in self.controllers.values() for r in ctl.task.spec.container.secrets}
+        if len(used) < len(self.secrets):
+            self.secrets = {k: v for k, v in self.secrets.items() if k in used}
 
     def _add(self, task: Task) -> None:
         ctl = TaskController(task, self.executor, self.dependencies)

@@ -472,8 +472,9 @@ class Volume:
 @dataclass(frozen=True)
 class SecretSpec:
     annotations: Annotations = field(default_factory=Annotations)
-    #: The secret's bytes. The store keeps them encrypted; the public API never returns them.
-    data: bytes = b""
+    #: The secret's bytes. The store keeps them encrypted; the public API never returns them; no repr
+    #: shows them (a logged frame or object never carries a secret).
+    data: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import msgpack
 from api.codec import from_plain, to_plain
 from api.errors import CodecError
 from api.objects import Network, NodeDescription, Secret, Task, TaskStatus
+from api.peers import Peers
 
 #: The HTTP path a manager serves sessions on.
 SESSION_PATH = "/agent/session"
@@ -26,8 +27,8 @@ SESSION_PATH = "/agent/session"
 class ErrorCode:
     """Why a manager refused or ended a session (the ``code`` of an :class:`Error` frame)."""
 
-    #: The join token matches neither of the cluster's tokens. Fatal: retrying cannot help.
-    INVALID_TOKEN = "invalid_token"
+    #: The connection carries no node certificate of this cluster (an administrator's, or none). Fatal.
+    UNAUTHENTICATED = "unauthenticated"
     #: The node id the agent presented is not (or no longer) a node of this cluster. Fatal.
     NODE_REMOVED = "node_removed"
     #: The manager cannot serve sessions right now (store unreachable, cluster not initialised): try another.
@@ -36,21 +37,18 @@ class ErrorCode:
     PROTOCOL = "protocol"
 
     #: Codes after which an agent must stop rather than retry.
-    FATAL = frozenset({INVALID_TOKEN, NODE_REMOVED, PROTOCOL})
+    FATAL = frozenset({UNAUTHENTICATED, NODE_REMOVED, PROTOCOL})
 
 
 @dataclass(frozen=True)
 class Register:
-    """agent → manager, first frame of every session."""
+    """agent → manager, first frame of every session. Who the node is comes from its certificate."""
 
-    token: str = ""
-    #: Empty on the first join; the id the manager gave afterwards (kept in the agent's state dir).
-    node_id: str = ""
     hostname: str = ""
     #: The node's cluster address; empty: the manager uses the address the connection comes from.
     addr: str = ""
     description: NodeDescription = field(default_factory=NodeDescription)
-    #: The role the agent expects; the manager grants the role of the token presented.
+    #: The role the agent expects (informative: its certificate and Node object decide).
     role: str = ""
 
 
@@ -108,11 +106,11 @@ class Error:
 
     @property
     def fatal(self) -> bool:
-        """Whether the agent should stop instead of retrying (bad token, removed node)."""
+        """Whether the agent should stop instead of retrying (no node certificate, removed node)."""
         return self.code in ErrorCode.FATAL
 
 
-Frame = Register | Registered | Heartbeat | Assignments | StatusReport | Error
+Frame = Register | Registered | Heartbeat | Assignments | StatusReport | Error | Peers
 
 #: Frame type name ↔ class.
 FRAME_TYPES: dict[str, type[Any]] = {
@@ -122,6 +120,7 @@ FRAME_TYPES: dict[str, type[Any]] = {
     "assignments": Assignments,
     "status": StatusReport,
     "error": Error,
+    "peers": Peers,
 }
 _TYPE_NAMES: dict[type[Any], str] = {tp: name for name, tp in FRAME_TYPES.items()}
 

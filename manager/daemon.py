@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import string
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,30 +18,34 @@ from typing import Any
 from aiohttp import web
 
 from api import Cluster, new_id
-from api.objects import ClusterStatus, JoinTokens, Meta
 from kvstore_adapters import KVStore, open_store
 from kvstore_adapters.election import Election
+from manager import join
 from manager.api.app import make_app
-from manager.errors import AlreadyExists
 from manager.leader import Leader
 from manager.nodes import run_node_states
+from manager.pki import CLUSTER_ID, ClusterPKI
 from manager.secretbox import SecretBox
 from manager.store import ObjectStore
+from manager.tls import TLSSite, authorizer
 
 log = logging.getLogger(__name__)
 
-CLUSTER_ID = "default"
 LEADER_KEY = "leader"
-_TOKEN_ALPHABET = string.digits + string.ascii_lowercase
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
 
 
-def join_token() -> str:
-    """A join token in Docker's shape: ``SWMTKN-1-<50 characters>-<25 characters>``."""
+def _host(addr: str) -> str:
+    host = addr.rpartition(":")[0] if ":" in addr else addr
+    return host.strip("[]")
 
-    def part(n: int) -> str:
-        return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(n))
 
-    return f"SWMTKN-1-{part(50)}-{part(25)}"
+def certificate_names(config: ManagerConfig) -> list[str]:
+    """The names and addresses this manager's certificate is valid for: the listen and advertise hosts,
+    this host's name, loopback, and any given with ``--tls-san``."""
+    names = [_host(config.listen), _host(config.advertise), *config.cert_names]
+    names += [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+    return [n for n in dict.fromkeys(names) if n not in _WILDCARDS]
 
 
 @dataclass
@@ -59,8 +62,10 @@ class ManagerConfig:
     manager_id: str = field(default_factory=new_id)
     #: Election lease TTL in seconds: a dead leader is replaced within this.
     election_ttl: float = 5.0
-    #: Where this manager keeps its own files (the secrets key), readable by root only.
+    #: Where this manager keeps its own files (the secrets key, its certificate), readable by root only.
     state_dir: str = "/var/lib/shoal/manager"
+    #: Further host names or IP addresses for this manager's certificate (clients check the host they dial).
+    cert_names: tuple[str, ...] = ()
 
 
 class Manager:
@@ -77,6 +82,8 @@ class Manager:
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._campaign: asyncio.Task[None] | None = None
+        #: The cluster CA and this manager's certificate (after start()).
+        self.pki: ClusterPKI | None = None
         #: Set while this manager leads.
         self.leading = asyncio.Event()
 
@@ -86,14 +93,22 @@ class Manager:
         box = SecretBox.from_file(Path(self.config.state_dir) / "secrets.key")
         self.store = ObjectStore(self.kv, box)
         await self.store.start()
-        await self._ensure_cluster()
+        state_dir = Path(self.config.state_dir)
+        self.pki = await ClusterPKI.setup(
+            self.store, state_dir, self.config.manager_id, certificate_names(self.config)
+        )
+        self.pki.start()
         self.app = make_app(self.store)
+        self.app.middlewares.append(authorizer(self.pki))
+        join.mount(self.app, self.pki)
         self._mount_dispatcher(self.app)
         self._runner = web.AppRunner(self.app, handle_signals=False)
         await self._runner.setup()
         if self.config.listen:
             host, _, port = self.config.listen.rpartition(":")
-            await web.TCPSite(self._runner, host or "0.0.0.0", int(port)).start()
+            assert self.pki.server_context is not None
+            site = TLSSite(self._runner, host.strip("[]") or "", int(port), self.pki.server_context)
+            await site.start()
         if self.config.socket:
             Path(self.config.socket).parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
@@ -112,21 +127,6 @@ class Manager:
         Dispatcher(self.store, manager_id=self.config.manager_id, advertise_addr=self.config.advertise).mount(
             app
         )
-
-    async def _ensure_cluster(self) -> None:
-        assert self.store is not None
-        if self.store.get(Cluster, CLUSTER_ID) is not None:
-            return
-        cluster = Cluster(
-            meta=Meta(id=CLUSTER_ID),
-            status=ClusterStatus(join_tokens=JoinTokens(worker=join_token(), manager=join_token())),
-        )
-        try:
-            created = await self.store.create(cluster)
-            await self.store.wait_for(created.meta.version)
-            log.info("initialised a new cluster")
-        except AlreadyExists:  # another manager initialised it first
-            await self.store.wait_for(await self.kv.revision() if self.kv else 0)
 
     async def _lead_when_elected(self) -> None:
         assert self.election is not None and self.store is not None
@@ -167,6 +167,8 @@ class Manager:
             await self.election.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.pki is not None:
+            await self.pki.stop()
         if self.store is not None:
             await self.store.stop()
         if self.kv is not None:

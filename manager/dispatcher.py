@@ -3,11 +3,14 @@
 Every manager runs one :class:`Dispatcher` and serves ``GET /agent/session`` (a WebSocket of msgpack
 frames, api/session.py; docs/ARCHITECTURE.md "Agent sessions" is the protocol). A session goes:
 
-1. the agent sends ``register`` with its join token; the dispatcher checks it against the cluster's
-   tokens (the role comes from the token), creates or updates the Node object (READY, description,
-   address) and puts ``sessions/<node id>`` attached to this manager's lease (manager/nodes.py);
+1. the agent connects over mutual TLS with the certificate it got when it joined (manager/join.py);
+   the node id comes from that certificate, which the authorizer (manager/tls.py) has checked. It
+   sends ``register``; the dispatcher updates the node's Node object (READY, description, address) —
+   a node whose object is gone was removed and is refused — and puts ``sessions/<node id>`` attached
+   to this manager's lease (manager/nodes.py);
 2. it answers ``registered`` (node id, heartbeat period, every manager's address) and sends the node's
-   whole task set (``assignments`` with ``full``), then only what changes;
+   whole task set (``assignments`` with ``full``), then only what changes; likewise, in ``peers`` frames,
+   everything on the overlay networks its tasks use (manager/peers.py);
 3. the agent sends ``heartbeat`` every period (answered with one) and ``status`` reports, which the
    :class:`~manager.task_status.StatusWriter` writes to the store forward-only and in batches;
 4. the session ends when the socket closes, when nothing arrives for 3 heartbeat periods, or when the
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
@@ -33,7 +35,8 @@ from aiohttp import WSMsgType, web
 
 from api import Cluster, Network, Node, Secret, Task, TaskState, new_id
 from api.errors import CodecError
-from api.objects import SECOND, JoinTokens, NodeRole, NodeSpec, NodeState, NodeStatus
+from api.objects import SECOND, NodeState, NodeStatus
+from api.peers import Peers
 from api.session import (
     SESSION_PATH,
     Assignments,
@@ -49,9 +52,11 @@ from api.session import (
 from kvstore_adapters import KVError
 from manager.errors import Conflict, ManagerError
 from manager.nodes import GRACE_PERIODS, heartbeat_period
+from manager.peers import PeerIndex, PeerSession
 from manager.session_keys import SessionKeys, SessionUnavailable
 from manager.store import Change, ObjectStore
 from manager.task_status import StatusWriter
+from manager.tls import caller_of
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +96,6 @@ def agent_view_changed(old: Task, new: Task) -> bool:
     )
 
 
-def role_for_token(token: str, tokens: JoinTokens) -> NodeRole | None:
-    """The role a join token grants, or None if it is neither of the cluster's tokens."""
-    if not token:
-        return None
-    # Constant-time comparisons: the token is a credential.
-    if tokens.manager and hmac.compare_digest(token.encode(), tokens.manager.encode()):
-        return NodeRole.MANAGER
-    if tokens.worker and hmac.compare_digest(token.encode(), tokens.worker.encode()):
-        return NodeRole.WORKER
-    return None
-
-
 @dataclass(eq=False)
 class _Session:
     """One connected agent, as its manager sees it."""
@@ -123,6 +116,8 @@ class _Session:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
     closing: bool = False
+    #: The overlay networks' versions sent in ``peers`` frames (manager/peers.py).
+    peers: PeerSession = field(default_factory=PeerSession)
 
     def mark(self, task_id: str) -> None:
         self.dirty.add(task_id)
@@ -147,6 +142,7 @@ class Dispatcher:
         self._heartbeat_override = heartbeat_period
         self._lease_ttl = lease_ttl
         self.status = StatusWriter(store, interval=status_interval)
+        self.peers = PeerIndex(store)
         #: This manager's lease and the session keys on it; ``keys.addr`` is the address agents reach it
         #: at, learnt from the first session's Host header when not given.
         self.keys = SessionKeys(
@@ -238,10 +234,11 @@ class Dispatcher:
             if frame is None:
                 return ws
             try:
-                node = await self._register(frame, request.remote or "")
+                node = await self._register(frame, request)
                 session = await self._open(node, ws, request)
             except (RegistrationRefused, SessionUnavailable) as e:
-                log.info("refused agent %s (%s): %s", frame.hostname or request.remote, e.code, e)
+                who = caller_of(request)
+                log.warning("refused the session of %s [%s] (%s): %s", frame.hostname or "?", who, e.code, e)
                 await _send_error(ws, e.code, str(e))
                 return ws
             await self._serve(session)
@@ -279,24 +276,22 @@ class Dispatcher:
             return None
         return frame
 
-    async def _register(self, frame: Register, remote: str) -> Node:
-        """Check the token; create or update the Node. Raises RegistrationRefused."""
-        cluster = next(iter(self.store.objects(Cluster)), None)
-        if cluster is None:
+    async def _register(self, frame: Register, request: web.Request) -> Node:
+        """Update the Node of the certificate's node id. Raises RegistrationRefused."""
+        identity = caller_of(request).node
+        if identity is None:
+            raise RegistrationRefused(
+                ErrorCode.UNAUTHENTICATED, "an agent session needs the node's certificate (join first)"
+            )
+        if next(iter(self.store.objects(Cluster)), None) is None:
             raise RegistrationRefused(ErrorCode.UNAVAILABLE, "the cluster is not initialised yet")
-        role = role_for_token(frame.token, cluster.status.join_tokens)
-        if role is None:
-            raise RegistrationRefused(ErrorCode.INVALID_TOKEN, "invalid join token")
         description = frame.description
         if not description.hostname:
             description = replace(description, hostname=frame.hostname)
-        status = NodeStatus(state=NodeState.READY, addr=frame.addr or remote, description=description)
+        addr = frame.addr or request.remote or ""
+        status = NodeStatus(state=NodeState.READY, addr=addr, description=description)
         try:
-            if not frame.node_id:
-                node = await self.store.create(Node(spec=NodeSpec(role=role), status=status))
-                log.info("node %s (%s) joined as %s", node.meta.id, description.hostname, role.value)
-                return node
-            return await self._update_node(frame.node_id, status)
+            return await self._update_node(identity.node_id, status)
         except KVError as e:
             raise RegistrationRefused(ErrorCode.UNAVAILABLE, f"store unavailable: {e}") from None
 
@@ -400,6 +395,8 @@ class Dispatcher:
         if self._sessions.get(s.node_id) is s:
             del self._sessions[s.node_id]
         await _cancel(s.writer)
+        if s.node_id not in self._sessions:
+            self.peers.unwatch(s.node_id)
         await self.keys.release(s.node_id, s.id)
         log.debug("session %s of node %s ended", s.id, s.node_id)
 
@@ -416,6 +413,10 @@ class Dispatcher:
                 frame = self._assignments(s)
                 if frame is not None:
                     await s.ws.send_bytes(encode_frame(frame))
+                    s.peers.pending = True  # its tasks changed: maybe the networks it uses too
+                peers = self._peers_frame(s) if s.peers.pending else None
+                if peers is not None:
+                    await s.ws.send_bytes(encode_frame(peers))
         except (ConnectionError, RuntimeError) as e:
             log.debug("sending to node %s failed: %s", s.node_id, e)
             s.closing = True
@@ -446,6 +447,11 @@ class Dispatcher:
             elif s.sent.pop(task_id, None) is not None:
                 removed.append(task_id)
         s.dirty.clear()
+        if removed or changed:
+            # The agent drops secrets none of its tasks use any more (agent/worker.py); forget them too,
+            # so they are sent again should a task need them later.
+            used = self._secret_ids(s.sent.values())
+            s.secrets_sent = {k: v for k, v in s.secrets_sent.items() if k in used}
         networks, secrets = self._dependencies(s, changed, recheck=s.dirty_deps)
         s.dirty_deps = False
         if not (changed or removed or networks or secrets):
@@ -459,16 +465,14 @@ class Dispatcher:
         store = self.store
         net_ids: set[str] = set(s.networks_sent) if recheck else set()
         secret_ids: set[str] = set(s.secrets_sent) if recheck else set()
+        tasks = list(tasks)
         for t in tasks:
             net_ids.update(a.network_id for a in t.networks)
             for attachment in t.spec.networks:
                 net = store.get(Network, attachment.target) or store.find_by_name(Network, attachment.target)
                 if net is not None:
                     net_ids.add(net.meta.id)
-            for ref in t.spec.container.secrets:
-                secret = store.get(Secret, ref.secret_id) or store.find_by_name(Secret, ref.secret_name)
-                if secret is not None:
-                    secret_ids.add(secret.meta.id)
+        secret_ids |= self._secret_ids(tasks)
         networks = []
         for net_id in net_ids:
             net = store.get(Network, net_id)
@@ -483,6 +487,17 @@ class Dispatcher:
                 secrets.append(secret)
         return tuple(networks), tuple(secrets)
 
+    def _secret_ids(self, tasks: Iterable[Task]) -> set[str]:
+        """Ids of the secrets ``tasks`` use (only those go to an agent)."""
+        store = self.store
+        ids: set[str] = set()
+        for t in tasks:
+            for ref in t.spec.container.secrets:
+                secret = store.get(Secret, ref.secret_id) or store.find_by_name(Secret, ref.secret_name)
+                if secret is not None:
+                    ids.add(secret.meta.id)
+        return ids
+
     async def _follow_changes(self) -> None:
         async for change in self.store.changes():
             try:
@@ -491,6 +506,7 @@ class Dispatcher:
                 log.exception("dispatching a change of %s failed", change.kind)
 
     def _on_change(self, change: Change) -> None:
+        self._wake_peer_watchers(change)
         if change.kind == "tasks":
             self._on_task(change.old, change.new)
         elif change.kind in ("networks", "secrets") and change.new is not None:
@@ -504,6 +520,20 @@ class Dispatcher:
             gone = self._sessions.get(change.old.meta.id)
             if gone is not None:
                 self._end_soon(gone, Error("this node was removed from the cluster", ErrorCode.NODE_REMOVED))
+
+    # --- peers of overlay networks (manager/peers.py) -----------------------------------------------------
+    def _peers_frame(self, s: _Session) -> Peers | None:
+        """The overlay networks the node's tasks use that changed since the session's last ``peers``."""
+        current = (self.store.get(Task, task_id) for task_id in s.sent)
+        return self.peers.frame(s.node_id, s.peers, self.peers.wanted(t for t in current if t is not None))
+
+    def _wake_peer_watchers(self, change: Change) -> None:
+        for network_id in self.peers.on_change(change):
+            for node_id in self.peers.watchers.get(network_id, ()):
+                session = self._sessions.get(node_id)
+                if session is not None:
+                    session.peers.pending = True
+                    session.wake.set()
 
     def _on_task(self, old: Task | None, new: Task | None) -> None:
         was = old.node_id if old is not None and is_assigned(old) else ""

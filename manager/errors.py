@@ -64,3 +64,20 @@ class NodeNotDown(ManagerError):
     def __init__(self, ref: str) -> None:
         super().__init__(f"node {ref} is not down and can't be removed (use --force)")
         self.ref = ref
+
+
+class Unauthenticated(ManagerError):
+    """A request that needs a client certificate of this cluster and came without a valid one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Forbidden(ManagerError):
+    """A caller whose certificate is valid but does not allow this (a worker calling the manager's API,
+    a removed node), or a join token that admits nobody."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

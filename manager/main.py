@@ -38,6 +38,12 @@ from manager.daemon import Manager, ManagerConfig
     "--state-dir", default="/var/lib/shoal/manager", show_default=True, help="This manager's own files."
 )
 @click.option("--election-ttl", default=5.0, show_default=True, help="Leader lease TTL in seconds.")
+@click.option(
+    "--tls-san",
+    "cert_names",
+    multiple=True,
+    help="Another host name or IP address for this manager's certificate (repeatable).",
+)
 @click.option("--debug", is_flag=True, help="Log at debug level.")
 def cli(
     store_url: str,
@@ -47,6 +53,7 @@ def cli(
     manager_id: str,
     state_dir: str,
     election_ttl: float,
+    cert_names: tuple[str, ...],
     debug: bool,
 ) -> None:
     """Run a Shoal manager until SIGTERM or SIGINT."""
@@ -61,6 +68,7 @@ def cli(
         advertise=advertise_addr,
         election_ttl=election_ttl,
         state_dir=state_dir,
+        cert_names=cert_names,
     )
     if manager_id:
         config.manager_id = manager_id

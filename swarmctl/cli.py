@@ -109,7 +109,7 @@ def cli(
         options = TLSOptions.from_dir(
             config_dir, ca=tlscacert, cert=tlscert, key=tlskey, verify=tlsverify or not tls
         )
-    app = AppContext(host=host, tls=options, debug=debug)
+    app = AppContext(host=host, tls=options, debug=debug, config_dir=config_dir)
     ctx.obj = app
     ctx.call_on_close(app.close)
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from api import Cluster, Network, Node, Secret, Service, Task, Volume, from_plain, to_plain
+from api.join import CLIENT_CERT_PATH, ROTATE_TOKEN_PATH, CertificateReply, ClientCertificateRequest
 from api.objects import NetworkSpec, NodeSpec, SecretSpec, ServiceSpec, VolumeSpec
 from swarmctl.errors import APIError, InvalidValue, ManagerUnreachable
 
@@ -196,7 +197,10 @@ class Client:
             except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as e:
                 self.close()
                 if attempt == 2:
-                    raise ManagerUnreachable(str(self.address), _reason(e)) from None
+                    reason = _reason(e)
+                    if self.address.scheme == "http":
+                        reason += " (a manager's TCP port speaks TLS: use --tlsverify)"
+                    raise ManagerUnreachable(str(self.address), reason) from None
             except (OSError, http.client.HTTPException) as e:
                 self.close()
                 raise ManagerUnreachable(str(self.address), _reason(e)) from None
@@ -306,6 +310,15 @@ class Client:
     # --- the cluster ------------------------------------------------------------------------------
     def cluster(self) -> Cluster:
         return self._typed(Cluster, self.get("/swarm"))
+
+    def rotate_join_token(self, role: str) -> str:
+        """Replace the join token of ``role`` (worker or manager); the new token."""
+        return str(self.request("POST", ROTATE_TOKEN_PATH, query={"role": role})["token"])
+
+    def client_certificate(self, public_key_pem: str) -> CertificateReply:
+        """An administrator's client certificate for ``public_key_pem`` (unix socket or manager only)."""
+        body = to_plain(ClientCertificateRequest(public_key=public_key_pem))
+        return self._typed(CertificateReply, self.request("POST", CLIENT_CERT_PATH, body=body))
 
     def find(self, getter: Any, ref: str) -> Any:
         """``getter(ref)``, or None when the manager says it does not exist."""

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from swarmctl.client import DEFAULT_HOST, Client, TLSOptions
+from swarmctl.client import DEFAULT_CONFIG_DIR, DEFAULT_HOST, Client, TLSOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,6 +20,8 @@ class AppContext:
     host: str = DEFAULT_HOST
     tls: TLSOptions | None = None
     debug: bool = False
+    #: The directory of client TLS files (``--config``).
+    config_dir: str = DEFAULT_CONFIG_DIR
     _client: Client | None = field(default=None, repr=False)
 
     @property

@@ -40,6 +40,14 @@ class NameConflict(ContainerError):
         self.owner = owner
 
 
+class AmbiguousContainer(ContainerError):
+    """An id prefix matches several containers (``matches`` are their ids)."""
+
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        super().__init__(prefix, "multiple containers match this id prefix")
+        self.matches = matches
+
+
 class ContainerStateConflict(ContainerError):
     """The container is in a state that does not allow the operation (``state`` is that state)."""
 
@@ -63,6 +71,41 @@ class OCIRuntimeError(ContainerError):
     def __init__(self, container: str, message: str, exit_code: int = 125) -> None:
         super().__init__(container, message)
         self.exit_code = exit_code
+
+
+# --- volumes ----------------------------------------------------------------------------------------------
+
+
+class VolumeError(ContainerRuntimeError):
+    """Root of the volume store's errors; ``volume`` is the volume's name (may be empty)."""
+
+    def __init__(self, volume: str, message: str) -> None:
+        super().__init__(message)
+        self.volume = volume
+        self.message = message
+
+
+class VolumeNotFound(VolumeError):
+    """No volume has that name."""
+
+    def __init__(self, volume: str) -> None:
+        super().__init__(volume, f"get {volume}: no such volume")
+
+
+class VolumeInUse(VolumeError):
+    """Removal refused: containers (``containers``, their ids) use the volume."""
+
+    def __init__(self, volume: str, containers: list[str]) -> None:
+        super().__init__(volume, f"remove {volume}: volume is in use - [{', '.join(containers)}]")
+        self.containers = containers
+
+
+class InvalidVolume(VolumeError):
+    """A volume name, option, mount specification or filter that cannot be used."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(spec, f"invalid volume specification {spec!r}: {reason}" if spec else reason)
+        self.reason = reason
 
 
 # --- images / snapshots: subclasses below ------------------------------------------------------------------

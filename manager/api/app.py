@@ -18,7 +18,16 @@ from aiohttp import web
 from api import to_plain
 from api.errors import CodecError, InvalidTransition, ShoalError
 from kvstore_adapters import KVError, StoreUnavailable
-from manager.errors import AlreadyExists, Conflict, InUse, InvalidSpec, NodeNotDown, NotFound
+from manager.errors import (
+    AlreadyExists,
+    Conflict,
+    Forbidden,
+    InUse,
+    InvalidSpec,
+    NodeNotDown,
+    NotFound,
+    Unauthenticated,
+)
 from manager.store import ObjectStore
 from scheduler import SchedulerError
 
@@ -35,6 +44,8 @@ class BadRequest(ShoalError):
 
 #: Error type → HTTP status; the first match in order wins (subclasses before their roots).
 STATUS_FOR: list[tuple[type[BaseException], int]] = [
+    (Unauthenticated, 401),
+    (Forbidden, 403),
     (NotFound, 404),
     (AlreadyExists, 409),
     (Conflict, 409),

@@ -12,6 +12,17 @@ from typing import Any
 from aiohttp import web
 
 from api import Cluster, Network, Node, Secret, Service, Task
+from api.join import (
+    CA_PATH,
+    CLIENT_CERT_PATH,
+    JOIN_PATH,
+    RENEW_PATH,
+    ROTATE_TOKEN_PATH,
+    CertificateReply,
+    ClientCertificateRequest,
+    JoinRequest,
+    RenewRequest,
+)
 from api.objects import NetworkSpec, NodeSpec, SecretSpec, ServiceSpec, Volume, VolumeSpec
 from api.schema import json_schema
 from manager.api.app import json_response
@@ -43,6 +54,21 @@ OPERATIONS: dict[tuple[str, str], tuple[str, Any, Any, bool]] = {
     ("get", "/secrets/{ref}"): ("Inspect a secret", None, Secret, False),
     ("delete", "/secrets/{ref}"): ("Remove a secret", None, None, False),
     ("get", "/swarm"): ("Inspect the cluster", None, Cluster, False),
+    ("post", ROTATE_TOKEN_PATH): ("Rotate the join token of ?role=worker|manager", None, None, False),
+    ("get", CA_PATH): (
+        "The cluster's root CA certificate (PEM; no client certificate needed)",
+        None,
+        None,
+        False,
+    ),
+    ("post", JOIN_PATH): ("Join with a token: a node certificate", JoinRequest, CertificateReply, False),
+    ("post", RENEW_PATH): ("Renew the calling node's certificate", RenewRequest, CertificateReply, False),
+    ("post", CLIENT_CERT_PATH): (
+        "An administrator's client certificate (unix socket or managers only)",
+        ClientCertificateRequest,
+        CertificateReply,
+        False,
+    ),
     ("get", "/events"): ("Stream object changes (server-sent events)", None, None, False),
     ("get", "/_ping"): ("Liveness", None, None, False),
     ("get", "/version"): ("Server version", None, None, False),
@@ -66,6 +92,9 @@ def document() -> dict[str, Any]:
             params.append({"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}})
         if path.endswith("/update"):
             params.append({"name": "version", "in": "query", "required": True, "schema": {"type": "integer"}})
+        if path == ROTATE_TOKEN_PATH:
+            role = {"type": "string", "enum": ["worker", "manager"]}
+            params.append({"name": "role", "in": "query", "required": True, "schema": role})
         if params:
             op["parameters"] = params
         if body is not None:
@@ -84,6 +113,8 @@ def document() -> dict[str, Any]:
         for code, what in (("400", "Bad request"), ("404", "Not found"), ("409", "Conflict")):
             op["responses"][code] = {"description": what, **error}
         op["responses"]["503"] = {"description": "Store unavailable", **error}
+        for code, what in (("401", "No valid client certificate"), ("403", "Not allowed for this caller")):
+            op["responses"][code] = {"description": what, **error}
         paths.setdefault(path, {})[method] = op
     return {
         "openapi": "3.0.3",

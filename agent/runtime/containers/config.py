@@ -198,6 +198,42 @@ def cpus_to_nano(cpus: float | str) -> int:
         raise InvalidContainerConfig("cpus", f"invalid value {cpus!r}") from None
 
 
+MOUNT_TYPES = ("bind", "volume")
+PROPAGATIONS = ("rprivate", "private", "rshared", "shared", "rslave", "slave")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One resolved mount: a host directory (a bind's source or a volume's data) at ``target``.
+
+    ``source`` is what the user named: the host path of a bind, the volume's name. ``named`` is False for
+    anonymous volumes (an image's ``VOLUME``, ``-v /path``), which ``rm -v`` removes with the container.
+    """
+
+    type: str
+    source: str
+    target: str
+    host_path: str
+    read_only: bool = False
+    propagation: str = "rprivate"
+    named: bool = True
+
+    def validate(self) -> None:
+        """Refuse what runc could not mount."""
+        if self.type not in MOUNT_TYPES:
+            raise InvalidContainerConfig("mounts", f"unsupported mount type {self.type!r}")
+        if not self.target.startswith("/") or self.target.rstrip("/") == "":
+            raise InvalidContainerConfig("mounts", f"invalid mount point {self.target!r}")
+        if not self.host_path.startswith("/"):
+            raise InvalidContainerConfig("mounts", f"source must be an absolute path: {self.host_path!r}")
+        if self.propagation not in PROPAGATIONS:
+            raise InvalidContainerConfig("mounts", f"invalid propagation {self.propagation!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (the state file)."""
+        return dict(self.__dict__)
+
+
 @dataclass(frozen=True)
 class ContainerConfig:
     """What a user asks for when creating a container; ``None`` means "take the image's value"."""
@@ -217,6 +253,7 @@ class ContainerConfig:
     init: bool = False
     read_only: bool = False
     tmpfs: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[Mount, ...] = ()
     ulimits: tuple[Ulimit, ...] = ()
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
@@ -240,6 +277,13 @@ class ContainerConfig:
         for path in self.tmpfs:
             if not path.startswith("/") or path == "/":
                 raise InvalidContainerConfig("tmpfs", f"invalid mount point {path!r}")
+        seen = {p.rstrip("/") for p in self.tmpfs}
+        for mount in self.mounts:
+            mount.validate()
+            target = mount.target.rstrip("/")
+            if target in seen:
+                raise InvalidContainerConfig("mounts", f"duplicate mount point: {target}")
+            seen.add(target)
         for ulimit in self.ulimits:
             ulimit.validate()
         if self.stop_signal:
@@ -272,6 +316,7 @@ class ContainerConfig:
             "init": self.init,
             "read_only": self.read_only,
             "tmpfs": dict(self.tmpfs),
+            "mounts": [m.to_json() for m in self.mounts],
             "ulimits": [[u.name, u.soft, u.hard] for u in self.ulimits],
             "cap_add": list(self.cap_add),
             "cap_drop": list(self.cap_drop),
@@ -314,6 +359,7 @@ class ContainerConfig:
             init=bool(data.get("init")),
             read_only=bool(data.get("read_only")),
             tmpfs=dict(data.get("tmpfs", {})),
+            mounts=tuple(Mount(**m) for m in data.get("mounts", ())),
             ulimits=tuple(Ulimit(n, s, h) for n, s, h in data.get("ulimits", ())),
             cap_add=tuple(data.get("cap_add", ())),
             cap_drop=tuple(data.get("cap_drop", ())),

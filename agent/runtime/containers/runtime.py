@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from agent.runtime.containers.spec import SpecPaths, build_spec, plan_process
 from agent.runtime.containers.state import ContainerRecord, StateStore, now_ns
 from agent.runtime.containers.users import ensure_workdir
 from agent.runtime.errors import (
-    ContainerError,
+    AmbiguousContainer,
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerStateConflict,
@@ -71,6 +71,7 @@ class ContainerRuntime(ContainerInsight):
         cgroup_parent: str = "/shoal",
         runc_root: Path | None = None,
         init_binary: Path | None = None,
+        on_removed: Callable[[ContainerRecord], Awaitable[None]] | None = None,
     ) -> None:
         self.store = StateStore(Path(state_dir))
         self.provider = rootfs_provider
@@ -78,6 +79,8 @@ class ContainerRuntime(ContainerInsight):
         self.conmon = shutil.which(conmon_binary) or conmon_binary
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self.init_binary = init_binary or _find_init()
+        # Called once a container is gone (also after auto-remove): the owner releases what it attached.
+        self.on_removed = on_removed
         self._containers: dict[str, _Live] = {}
         self._reserved: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -165,7 +168,7 @@ class ContainerRuntime(ContainerInsight):
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise ContainerError(ref, "multiple containers match this id prefix")
+            raise AmbiguousContainer(ref, sorted(live.record.id for live in matches))
         raise ContainerNotFound(ref)
 
     def inspect(self, ref: str) -> ContainerRecord:
@@ -563,6 +566,8 @@ class ContainerRuntime(ContainerInsight):
             self.store.exit_file(cid).unlink()
         await asyncio.to_thread(shutil.rmtree, self.store.container_dir(cid), True)
         self._containers.pop(cid, None)
+        if self.on_removed is not None:
+            await self.on_removed(live.record)
         async with live.exits:
             live.exit_seq += 1
             live.exits.notify_all()

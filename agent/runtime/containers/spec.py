@@ -309,8 +309,15 @@ def build_spec(
     mounts.append(
         _mount("/sys/fs/cgroup", "cgroup", "cgroup", ("nosuid", "noexec", "nodev", "relatime", *ro))
     )
-    for dest, options in sorted(config.tmpfs.items()):
-        mounts.append(_mount(dest, "tmpfs", "tmpfs", _tmpfs_options(options)))
+    user_mounts = [
+        _mount(dest, "tmpfs", "tmpfs", _tmpfs_options(opts)) for dest, opts in sorted(config.tmpfs.items())
+    ]
+    for m in config.mounts:
+        options = ["rbind", m.propagation, *(["ro"] if m.read_only else [])]
+        user_mounts.append(_mount(m.target, "bind", m.host_path, options))
+    # Parents before children (a volume at /data and a bind at /data/conf), as Docker orders them.
+    user_mounts.sort(key=lambda m: len(Path(m["destination"]).parts))
+    mounts.extend(user_mounts)
     for dest, src in (
         ("/etc/hostname", paths.hostname_file),
         ("/etc/hosts", paths.hosts_file),

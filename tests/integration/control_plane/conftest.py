@@ -2,14 +2,17 @@
 
 Every test runs three times: on the in-process memory store, and on the real etcd and ZooKeeper of the
 session (tests/conftest.py), each time under a fresh key prefix. Managers are real aiohttp servers on free
-loopback ports; agents are real sessions over WebSockets with the simulated executor. Heartbeats are
-200 ms, so the grace period (3 heartbeats) is 0.6 s and every test stays within a few seconds.
+loopback ports, serving TLS with the cluster's CA exactly as shoal-manager does (manager/pki.py,
+manager/tls.py, manager/join.py); agents join with the cluster's token and keep real sessions over mutual
+TLS with the simulated executor. Heartbeats are 200 ms, so the grace period (3 heartbeats) is 0.6 s and
+every test stays within a few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,25 +28,25 @@ from api import Cluster, Node, Task, TaskState
 from api.objects import (
     SECOND,
     ClusterSpec,
-    ClusterStatus,
     ContainerSpec,
     DispatcherConfig,
-    JoinTokens,
-    Meta,
     TaskSpec,
     TaskStatus,
 )
 from kvstore_adapters import KVStore, open_store
+from manager import join
 from manager.api.app import make_app
 from manager.dispatcher import Dispatcher
-from manager.errors import AlreadyExists
+from manager.pki import CLUSTER_ID, ClusterPKI
+from manager.secretbox import SecretBox
 from manager.store import ObjectStore
+from manager.tls import TLSSite, authorizer
 from tests.servers import free_port, unique_prefix
 
 HEARTBEAT = 0.2
 GRACE = 3 * HEARTBEAT
-WORKER_TOKEN = "SWMTKN-1-" + "w" * 50 + "-" + "1" * 25
-MANAGER_TOKEN = "SWMTKN-1-" + "m" * 50 + "-" + "2" * 25
+#: The cluster settings the first manager of a plane creates the cluster with.
+SPEC = ClusterSpec(dispatcher=DispatcherConfig(heartbeat_period_ns=int(HEARTBEAT * SECOND)))
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -64,27 +67,34 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str 
 class ManagerHarness:
     """One manager: its own store client and cache, the API app with the dispatcher, on a loopback port."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, state_dir: Path, secrets_key: bytes, spec: ClusterSpec) -> None:
         self.url = url
         self.name = name
+        self.state_dir = state_dir
+        self.secrets_key = secrets_key
+        self.spec = spec
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.kv: KVStore | None = None
         self.store: ObjectStore | None = None
+        self.pki: ClusterPKI | None = None
         self.dispatcher: Dispatcher | None = None
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         self.kv = await open_store(self.url)
-        self.store = ObjectStore(self.kv)
+        self.store = ObjectStore(self.kv, SecretBox(self.secrets_key))
         await self.store.start()
-        await _ensure_cluster(self.store)
+        self.pki = await ClusterPKI.setup(self.store, self.state_dir, self.name, ["127.0.0.1"], self.spec)
         app = make_app(self.store)
+        app.middlewares.append(authorizer(self.pki))
+        join.mount(app, self.pki)
         self.dispatcher = Dispatcher(self.store, manager_id=self.name, advertise_addr=self.addr)
         self.dispatcher.mount(app)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        assert self.pki.server_context is not None
+        await TLSSite(self._runner, "127.0.0.1", self.port, self.pki.server_context).start()
 
     async def stop(self) -> None:
         """Stop serving (sessions end, the lease is revoked), then the cache and the store client."""
@@ -99,20 +109,6 @@ class ManagerHarness:
             self.kv = None
 
 
-async def _ensure_cluster(store: ObjectStore) -> None:
-    if store.objects(Cluster):
-        return
-    cluster = Cluster(
-        meta=Meta(id="default"),
-        spec=ClusterSpec(dispatcher=DispatcherConfig(heartbeat_period_ns=int(HEARTBEAT * SECOND))),
-        status=ClusterStatus(join_tokens=JoinTokens(worker=WORKER_TOKEN, manager=MANAGER_TOKEN)),
-    )
-    with contextlib.suppress(AlreadyExists):
-        created = await store.create(cluster)
-        await store.wait_for(created.meta.version)
-    await store.wait_for(await store.kv.revision())
-
-
 @dataclass
 class ControlPlane:
     """Managers and agents of one test, all stopped at the end."""
@@ -121,12 +117,28 @@ class ControlPlane:
     tmp: Path
     managers: list[ManagerHarness] = field(default_factory=list)
     agents: list[Agent] = field(default_factory=list)
+    #: The managers' shared secrets key (it also seals the CA key in the store).
+    secrets_key: bytes = field(default_factory=lambda: os.urandom(32))
+    spec: ClusterSpec = SPEC
 
     async def manager(self) -> ManagerHarness:
-        m = ManagerHarness(self.url, f"manager-{len(self.managers) + 1}")
+        name = f"manager-{len(self.managers) + 1}"
+        m = ManagerHarness(self.url, name, self.tmp / name, self.secrets_key, self.spec)
         self.managers.append(m)
         await m.start()
         return m
+
+    @property
+    def cluster(self) -> Cluster:
+        return self.store.must_get(Cluster, CLUSTER_ID)
+
+    @property
+    def worker_token(self) -> str:
+        return self.cluster.status.join_tokens.worker
+
+    @property
+    def manager_token(self) -> str:
+        return self.cluster.status.join_tokens.manager
 
     @property
     def store(self) -> ObjectStore:
@@ -139,13 +151,13 @@ class ControlPlane:
         hostname: str,
         managers: list[ManagerHarness] | None = None,
         *,
-        token: str = WORKER_TOKEN,
+        token: str | None = None,
         start: bool = True,
         state_dir: Path | None = None,
     ) -> Agent:
         config = AgentConfig(
             managers=[m.addr for m in (managers or self.managers)],
-            token=token,
+            token=self.worker_token if token is None else token,
             state_dir=state_dir or self.tmp / hostname,
             hostname=hostname,
             backoff=(0.02, 0.2),

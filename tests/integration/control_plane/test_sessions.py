@@ -17,18 +17,14 @@ from aiohttp import WSMsgType
 
 from agent.errors import SessionRefused
 from agent.executor_sim import SimExecutor
+from agent.identity import JoinRefused, NodeCredentials
 from agent.session import session_url
 from api import Node, Task, TaskState
+from api.join import MANAGER_SERVER_NAME, JoinToken
 from api.objects import NodeRole, NodeState
 from api.session import Register, Registered, decode_frame, encode_frame
 from manager.nodes import NodeLiveness, SessionRecord, run_node_states, session_key
-from tests.integration.control_plane.conftest import (
-    GRACE,
-    MANAGER_TOKEN,
-    WORKER_TOKEN,
-    ControlPlane,
-    eventually,
-)
+from tests.integration.control_plane.conftest import GRACE, ControlPlane, eventually
 
 
 def executor(agent: object) -> SimExecutor:
@@ -59,18 +55,21 @@ async def test_assigned_tasks_reach_their_agents_and_come_back_running(plane: Co
 
 
 async def test_a_wrong_token_is_refused_and_no_node_is_created(plane: ControlPlane) -> None:
-    intruder = plane.agent("intruder", token="SWMTKN-1-not-the-token", start=False)
-    with pytest.raises(SessionRefused) as refused:
+    # The right CA digest (so it gets as far as the manager), the wrong secret.
+    digest = JoinToken.parse(plane.worker_token).digest
+    intruder = plane.agent("intruder", token=str(JoinToken(digest, "x" * 25)), start=False)
+    with pytest.raises(JoinRefused) as refused:
         await asyncio.wait_for(intruder.run(), 10)
     assert refused.value.fatal
     assert "invalid join token" in str(refused.value)
     await plane.store.wait_for(await plane.store.kv.revision())
     assert plane.store.objects(Node) == []
     assert not (intruder.config.state_dir / "node_id").exists()
+    assert not (intruder.config.state_dir / "node.pem").exists()
 
 
 async def test_the_manager_token_makes_a_manager_node(plane: ControlPlane) -> None:
-    (node_id,) = await plane.connected(plane.agent("boss", token=MANAGER_TOKEN))
+    (node_id,) = await plane.connected(plane.agent("boss", token=plane.manager_token))
     node = await eventually(lambda: plane.node(node_id), what="the node")
     assert node.spec.role is NodeRole.MANAGER
 
@@ -82,11 +81,18 @@ async def test_an_agent_that_stops_heartbeating_loses_its_session_and_goes_down(
     states = asyncio.create_task(run_node_states(store, liveness, grace=GRACE))
     try:
         # A client that registers like an agent and then falls silent (a frozen or cut-off host).
+        state_dir = plane.tmp / "quiet"
+        creds = NodeCredentials(state_dir)
+        addr = plane.managers[0].addr
+        async with aiohttp.ClientSession() as http:
+            await creds.join(http, addr, plane.worker_token, hostname="quiet")
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(session_url(plane.managers[0].addr)) as ws,
+            http.ws_connect(
+                session_url(addr), ssl=creds.context(), server_hostname=MANAGER_SERVER_NAME
+            ) as ws,
         ):
-            await ws.send_bytes(encode_frame(Register(token=WORKER_TOKEN, hostname="quiet")))
+            await ws.send_bytes(encode_frame(Register(hostname="quiet")))
             registered = decode_frame((await ws.receive(timeout=5)).data)
             assert isinstance(registered, Registered)
             node_id = registered.node_id
@@ -109,11 +115,8 @@ async def test_an_agent_that_stops_heartbeating_loses_its_session_and_goes_down(
         )
         assert down.status.message == "heartbeat failure"
 
-        # A real agent with that node id comes back: the key is back, the node is READY again.
-        state_dir = plane.tmp / "quiet"
-        state_dir.mkdir()
-        (state_dir / "node_id").write_text(node_id)
-        assert await plane.connected(plane.agent("quiet", state_dir=state_dir)) == [node_id]
+        # A real agent with that node's certificate comes back: the key is back, the node is READY again.
+        assert await plane.connected(plane.agent("quiet", state_dir=state_dir, token="")) == [node_id]
         await eventually(lambda: liveness.present(node_id), timeout=5, what="the session to come back")
         await eventually(
             lambda: (n := plane.node(node_id)) is not None and n.status.state is NodeState.READY,
@@ -243,7 +246,7 @@ async def test_a_late_or_backwards_report_never_undoes_a_terminal_state(plane: C
 async def test_one_agent_process_hosts_several_simulated_nodes(plane: ControlPlane) -> None:
     manager = plane.managers[0]
     state = plane.tmp / "sims"
-    cmd = [sys.executable, "-m", "agent.main", "--manager", manager.addr, "--token", WORKER_TOKEN]
+    cmd = [sys.executable, "-m", "agent.main", "--manager", manager.addr, "--token", plane.worker_token]
     cmd += ["--state-dir", str(state), "--executor", "sim", "--hostname", "sim", "--sim-count", "3"]
     cmd += ["--label", "zone=eu", "--sim-start-delay", "0"]
     log = (plane.tmp / "agent.log").open("wb")
@@ -251,10 +254,12 @@ async def test_one_agent_process_hosts_several_simulated_nodes(plane: ControlPla
     try:
 
         def nodes() -> dict[str, Node]:
+            # Each node exists from its join on; it is READY once its session is up.
             found = {n.status.description.hostname: n for n in plane.store.objects(Node)}
-            return found if len(found) == 3 else {}
+            ready = all(n.status.state is NodeState.READY for n in found.values())
+            return found if len(found) == 3 and ready else {}
 
-        by_name = await eventually(nodes, timeout=15, what="three simulated nodes")
+        by_name = await eventually(nodes, timeout=15, what="three simulated nodes, ready")
         assert set(by_name) == {"sim-1", "sim-2", "sim-3"}
         for name, node in by_name.items():
             assert node.status.state is NodeState.READY

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from api import Annotations, Node, Service, TaskState
 from api.objects import ContainerSpec, Meta, NodeState, NodeStatus, ServiceSpec, TaskSpec
+from manager.ca import write_private
 from manager.daemon import Manager, ManagerConfig
 from tests.servers import EtcdServer, unique_prefix
 
@@ -29,12 +30,23 @@ async def until(check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - start
 
 
+#: Managers of one cluster share the secrets key (it also seals the CA key in the store).
+SECRETS_KEY = os.urandom(32)
+
+
+def state_dir(tmp: Path, name: str) -> Path:
+    """A manager's state dir, holding the cluster's shared secrets key (as deployments copy it)."""
+    path = tmp / name
+    write_private(path / "secrets.key", SECRETS_KEY)
+    return path
+
+
 def config(url: str, tmp: Path, name: str) -> ManagerConfig:
     return ManagerConfig(
         store_url=url,
         listen="",
         socket=str(tmp / f"{name}.sock"),
-        state_dir=str(tmp / name),
+        state_dir=str(state_dir(tmp, name)),
         election_ttl=TTL,
     )
 
@@ -103,7 +115,7 @@ async def test_leader_process_killed_with_sigkill(etcd_server: EtcdServer, tmp_p
             "--socket",
             str(tmp_path / "p.sock"),
             "--state-dir",
-            str(tmp_path / "p"),
+            str(state_dir(tmp_path, "p")),
             "--election-ttl",
             str(TTL),
         ],

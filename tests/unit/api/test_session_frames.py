@@ -24,8 +24,6 @@ from api.session import (
 
 FRAMES: list[Frame] = [
     Register(
-        token="SWMTKN-1-x",
-        node_id="n1",
         hostname="h1",
         addr="10.0.0.1",
         description=NodeDescription(hostname="h1", resources=Resources(nano_cpus=2_000_000_000)),
@@ -40,7 +38,7 @@ FRAMES: list[Frame] = [
         secrets=(Secret(meta=Meta(id="s1"), spec=SecretSpec(data=b"\x00\xffsecret")),),
     ),
     StatusReport(updates=(StatusUpdate("t1", TaskStatus(state=TaskState.RUNNING, exit_code=None)),)),
-    Error(message="invalid join token", code=ErrorCode.INVALID_TOKEN),
+    Error(message="an agent session needs the node's certificate", code=ErrorCode.UNAUTHENTICATED),
 ]
 
 
@@ -54,7 +52,7 @@ def test_the_type_is_on_the_wire() -> None:
 
 
 def test_fatal_error_codes() -> None:
-    assert Error("x", ErrorCode.INVALID_TOKEN).fatal
+    assert Error("x", ErrorCode.UNAUTHENTICATED).fatal
     assert Error("x", ErrorCode.NODE_REMOVED).fatal
     assert not Error("x", ErrorCode.UNAVAILABLE).fatal
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,19 +23,24 @@ from api.objects import (
     UpdateState,
 )
 from kvstore_adapters.memory import MemoryStore
+from manager import join
 from manager.api.app import STORE, make_app
 from manager.api.openapi import OPERATIONS, document
+from manager.pki import ClusterPKI
 from manager.secretbox import SecretBox
 from manager.store import ObjectStore
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[TestClient[Any, Any]]:
+async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     kv = MemoryStore()
     await kv.connect()
     store = ObjectStore(kv, SecretBox(os.urandom(32)))
     await store.start()
-    async with TestClient(TestServer(make_app(store))) as c:
+    app = make_app(store)
+    # The membership endpoints too (no authorizer here: that is tests/integration/control_plane).
+    join.mount(app, await ClusterPKI.setup(store, tmp_path, "m1"))
+    async with TestClient(TestServer(app)) as c:
         yield c
     await store.stop()
     await kv.close()

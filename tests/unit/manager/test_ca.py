@@ -7,13 +7,16 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from manager.ca import (
     MIN_EXPIRY,
+    ROLE_ADMIN,
     ROLE_MANAGER,
     ROLE_WORKER,
     CertificateError,
     RootCA,
+    identity_of,
     needs_renewal,
     new_node_key,
     write_private,
@@ -60,3 +63,21 @@ def test_a_ca_without_its_key_verifies_but_cannot_sign(tmp_path: Path) -> None:
     assert RootCA.from_pem(ca.cert_pem, key_file.read_bytes(), "a").issue(
         "m", ROLE_WORKER, new_node_key().public_key()
     )
+
+
+def test_only_managers_own_certificates_carry_the_manager_name() -> None:
+    ca = RootCA.create("a")
+    server = ca.issue(
+        "m1", ROLE_MANAGER, new_node_key().public_key(), names=["10.0.0.5", "mgr.example"], server=True
+    )
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"m1", "swarm-manager", "mgr.example"} <= set(san.get_values_for_type(x509.DNSName))
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    assert identity_of(server).server and identity_of(server).kind == "manager process"
+    node = ca.issue("n1", ROLE_MANAGER, new_node_key().public_key())
+    assert not identity_of(node).server and identity_of(node).kind == "manager"
+    with pytest.raises(CertificateError, match="reserved"):
+        ca.issue("n2", ROLE_WORKER, new_node_key().public_key(), names=["swarm-manager"])
+    with pytest.raises(CertificateError, match="only managers"):
+        ca.issue("n3", ROLE_ADMIN, new_node_key().public_key(), server=True)
+    assert identity_of(ca.issue("admin-x", ROLE_ADMIN, new_node_key().public_key())).kind == "admin"

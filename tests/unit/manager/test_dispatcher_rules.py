@@ -8,7 +8,8 @@ import pytest
 
 from api import Task, TaskState
 from api.objects import JoinTokens, Meta, NetworkAttachment, NodeRole, TaskSpec, TaskStatus
-from manager.dispatcher import agent_view_changed, is_assigned, role_for_token
+from manager.dispatcher import agent_view_changed, is_assigned
+from manager.join import role_for_token
 
 TOKENS = JoinTokens(worker="SWMTKN-1-worker", manager="SWMTKN-1-manager")
 

@@ -1,0 +1,225 @@
+"""A whole cluster on this machine: an embedded etcd, a manager and N agent hosts in network namespaces.
+
+``host0`` runs etcd (on its own loopback) and the manager (on its underlay address, port 2377); ``host1`` …
+``hostN`` each run an agent with the real runc executor. Users and tests reach the manager through its unix
+socket, which crosses namespaces, so no cluster address ever exists outside the cluster's namespaces. Each
+agent's image store is seeded with the local busybox image, so services run with no registry at all.
+
+:meth:`LocalCluster.down` removes everything :meth:`up` made and nothing else: the processes it started
+(by PID), the containers of its agents (through each agent's private runc root), their mounts, the
+namespaces (which takes the links and nftables tables inside them) and its state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from agent.runtime.containers import cgroups
+from agent.runtime.images.baseimages import make_busybox
+from agent.runtime.images.store import ImageStore
+from agent.runtime.local import LocalRuntimeOptions
+from swarmctl.localcluster.hosts import HostInfo, Underlay
+
+MANAGER_PORT = 2377
+
+
+class LocalClusterError(RuntimeError):
+    """The local cluster could not be brought up; the message names the step and the log to read."""
+
+
+@dataclass
+class LocalClusterConfig:
+    """Where and how big."""
+
+    base_dir: Path
+    hosts: int = 3
+    prefix: str = "shoal"
+    subnet: str = "10.213.0.0/24"
+    #: Seconds to wait for the manager and the agents to come up.
+    timeout: float = 60.0
+
+    @property
+    def socket(self) -> Path:
+        return self.base_dir / "manager.sock"
+
+    @property
+    def state_file(self) -> Path:
+        return self.base_dir / "underlay.json"
+
+
+class LocalCluster:
+    """``up()`` / ``down()`` / ``status()`` of one local cluster."""
+
+    def __init__(self, config: LocalClusterConfig) -> None:
+        self.config = config
+        self.underlay: Underlay | None = None
+
+    # --- up ------------------------------------------------------------------------------------------------
+    async def up(self) -> None:
+        """Bring the cluster up; a cluster that is already up is left as it is."""
+        cfg = self.config
+        if cfg.state_file.exists():
+            if await self._manager_answers():
+                return
+            self.down()  # a half-dead earlier cluster: start over cleanly
+        cfg.base_dir.mkdir(parents=True, exist_ok=True)
+        self.underlay = Underlay(cfg.state_file, cfg.prefix, cfg.subnet)
+        try:
+            hosts = await self.underlay.create(cfg.hosts + 1)
+            await self._start_store_and_manager(hosts[0])
+            token = await self._worker_token()
+            manager_addr = f"{_ip(hosts[0])}:{MANAGER_PORT}"
+            for host in hosts[1:]:
+                self._start_agent(host, manager_addr, token)
+            await self._wait_ready(cfg.hosts)
+        except BaseException:
+            self.down(keep_logs=True)  # the error names a log to read
+            raise
+
+    async def _start_store_and_manager(self, host: HostInfo) -> None:
+        assert self.underlay is not None
+        base = self.config.base_dir
+        etcd_dir = base / "etcd"
+        self.underlay.spawn(
+            host,
+            ["etcd", "--name", "local", "--data-dir", str(etcd_dir),
+             "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+             "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+             "--initial-cluster", "local=http://127.0.0.1:2380"],
+            base / "logs" / "etcd.log",
+        )  # fmt: skip
+        self.underlay.spawn(
+            host,
+            [sys.executable, "-m", "manager.main", "--store", "etcd://127.0.0.1:2379/shoal",
+             "--listen-addr", f"{_ip(host)}:{MANAGER_PORT}", "--socket", str(self.config.socket),
+             "--state-dir", str(base / "manager")],
+            base / "logs" / "manager.log",
+        )  # fmt: skip
+        deadline = time.monotonic() + self.config.timeout
+        while not await self._manager_answers():
+            if time.monotonic() > deadline:
+                raise LocalClusterError(f"the manager did not come up; see {base / 'logs' / 'manager.log'}")
+            await asyncio.sleep(0.2)
+
+    def _start_agent(self, host: HostInfo, manager_addr: str, token: str) -> None:
+        assert self.underlay is not None
+        state = self.config.base_dir / host.name
+        make_busybox(ImageStore(state / "runtime" / "images"))
+        self.underlay.spawn(
+            host,
+            [sys.executable, "-m", "agent.main", "--manager", manager_addr, "--token", token,
+             "--state-dir", str(state), "--executor", "runc", "--hostname", host.name,
+             "--advertise-addr", _ip(host)],
+            self.config.base_dir / "logs" / f"{host.name}.log",
+        )  # fmt: skip
+
+    async def _get(self, path: str) -> object:
+        connector = aiohttp.UnixConnector(path=str(self.config.socket))
+        async with aiohttp.ClientSession(connector=connector) as http, http.get(f"http://manager{path}") as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def _manager_answers(self) -> bool:
+        if not self.config.socket.exists():
+            return False
+        connector = aiohttp.UnixConnector(path=str(self.config.socket))
+        try:
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.get("http://manager/_ping") as r,
+            ):
+                return r.status == 200
+        except (aiohttp.ClientError, OSError):
+            return False
+
+    async def _worker_token(self) -> str:
+        cluster = await self._get("/swarm")
+        assert isinstance(cluster, dict)
+        token: str = cluster["status"]["join_tokens"]["worker"]
+        return token
+
+    async def _wait_ready(self, count: int) -> None:
+        deadline = time.monotonic() + self.config.timeout
+        while True:
+            nodes = await self._get("/nodes")
+            assert isinstance(nodes, list)
+            if sum(1 for n in nodes if n["status"]["state"] == "ready") >= count:
+                return
+            if time.monotonic() > deadline:
+                raise LocalClusterError(
+                    f"only some of {count} agents became ready; see {self.config.base_dir / 'logs'}"
+                )
+            await asyncio.sleep(0.2)
+
+    # --- down ----------------------------------------------------------------------------------------------
+    def down(self, *, keep_logs: bool = False) -> None:
+        """Remove everything ``up`` made (safe to call when nothing is up); ``keep_logs`` keeps its logs."""
+        cfg = self.config
+        underlay = self.underlay
+        if underlay is None and cfg.state_file.exists():
+            underlay = Underlay.load(cfg.state_file)
+        if underlay is not None:
+            underlay.destroy()
+        for host_dir in sorted(cfg.base_dir.glob("host*")):
+            _remove_containers(host_dir / "runtime")
+        _unmount_below(cfg.base_dir)
+        cgroups.remove_parent_if_empty(LocalRuntimeOptions().cgroup_parent)
+        for entry in cfg.base_dir.iterdir() if cfg.base_dir.exists() else []:
+            if keep_logs and entry.name == "logs":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if not keep_logs:
+            shutil.rmtree(cfg.base_dir, ignore_errors=True)
+        self.underlay = None
+
+    async def status(self) -> dict[str, object]:
+        """What runs: the hosts and, if the manager answers, its nodes."""
+        up = self.config.state_file.exists() and await self._manager_answers()
+        hosts = Underlay.load(self.config.state_file).hosts if self.config.state_file.exists() else []
+        nodes = await self._get("/nodes") if up else []
+        return {"up": up, "hosts": [h.name for h in hosts], "nodes": nodes}
+
+
+def _ip(host: HostInfo) -> str:
+    return host.addr.split("/")[0]
+
+
+def _remove_containers(runtime: Path) -> None:
+    """Kill and delete the containers of one agent (its runc root is private to it)."""
+    root = runtime / "runc"
+    if not root.exists() or shutil.which("runc") is None:
+        return
+    listed = subprocess.run(
+        ["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True, check=False
+    )
+    for cid in listed.stdout.split():
+        subprocess.run(["runc", "--root", str(root), "kill", cid, "KILL"], capture_output=True, check=False)
+        for _ in range(50):
+            done = subprocess.run(
+                ["runc", "--root", str(root), "delete", "--force", cid], capture_output=True, check=False
+            )
+            if done.returncode == 0:
+                break
+            time.sleep(0.1)
+
+
+def _unmount_below(base: Path) -> None:
+    """Unmount every mount under ``base`` (container root file systems, secrets), deepest first."""
+    prefix = str(base.resolve()) + "/"
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        targets = [line.split()[1] for line in f]
+    for target in sorted((t for t in targets if t.startswith(prefix)), key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
