@@ -70,6 +70,8 @@ class Agent:
             http=http,
             backoff=config.backoff,
         )
+        # Executors with cluster networking (runc) take the manager's peer tables for their overlays.
+        self.session.on_peers = getattr(executor, "apply_peers", None)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 

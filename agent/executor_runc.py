@@ -33,7 +33,7 @@ from agent.errors import ExecutorError, TaskNotFound
 from agent.executor import ExitStatus, TaskDependencies, host_description
 from agent.health import CheckOutput, effective_config
 from agent.health_runc import exec_check, image_healthcheck
-from agent.network.controller import NetworkController
+from agent.network.controller import ControllerConfig, NetworkController
 from agent.network.errors import NetworkError, NetworkNotFound
 from agent.network.sandbox import SandboxConfig
 from agent.runtime.containers.config import ContainerConfig, Resources
@@ -43,7 +43,10 @@ from agent.runtime.volumes.spec import MountRequest
 from agent.secrets import CONTAINER_DIR, mount_secrets, secret_files, unmount_secrets
 from api import Network, Task
 from api.objects import SECOND, HealthConfig, MountType, NodeDescription
+from api.peers import Peers
 from overlay.cluster import network_config, task_attachments
+from overlay.dns import EmbeddedDNS
+from overlay.driver import OverlayConfig, OverlayDriver
 from scheduler.from_api import task_container_name
 
 log = logging.getLogger("shoal.agent.executor")
@@ -69,9 +72,17 @@ class RuncExecutor:
         options: LocalRuntimeOptions | None = None,
         node_id: str = "",
         network: NetworkController | None = None,
+        network_dir: Path | str | None = None,
+        advertise_addr: str = "",
+        netns_prefix: str = "shoal-",
     ) -> None:
         self.runtime = LocalRuntime(root, options)
+        #: The host's network controller: given (tests), or made on first use from ``network_dir``.
         self.network = network
+        self._network_dir = Path(network_dir) if network_dir is not None else None
+        self._advertise_addr = advertise_addr
+        self._netns_prefix = netns_prefix
+        self.overlay: OverlayDriver | None = None
         self.hostname = hostname
         self.labels = dict(labels or {})
         self.node_id = node_id
@@ -80,8 +91,29 @@ class RuncExecutor:
     async def _open(self) -> LocalRuntime:
         if not self._opened:
             await self.runtime.open()
+            if self.network is None and self._network_dir is not None:
+                await self._open_network(self._network_dir)
             self._opened = True
         return self.runtime
+
+    async def _open_network(self, state_dir: Path) -> None:
+        """The host's networking: bridges, ports and DNS, plus overlays when the node has a cluster address.
+        Drivers are registered before the controller starts, so it restores their networks too."""
+        ctl = NetworkController(
+            ControllerConfig(state_dir=state_dir, sandbox_prefix=self._netns_prefix), EmbeddedDNS()
+        )
+        if self._advertise_addr:
+            self.overlay = OverlayDriver.install(
+                ctl,
+                OverlayConfig(advertise_addr=self._advertise_addr, netns_prefix=f"{self._netns_prefix}ov-"),
+            )
+        await ctl.start()
+        self.network = ctl
+
+    def apply_peers(self, frame: Peers) -> None:
+        """The manager's view of every endpoint on this node's networks (the session hands it over)."""
+        if self.overlay is not None:
+            self.overlay.apply_peers(frame)
 
     async def describe(self) -> NodeDescription:
         runtime = await self._open()
@@ -281,6 +313,14 @@ class RuncExecutor:
 
     async def close(self) -> None:
         if self._opened:
+            if self._network_dir is not None and self.network is not None:
+                # Made here, so closed here; containers and their networks stay for the next agent.
+                if self.overlay is not None:
+                    await self.overlay.close()
+                await self.network.close()
+                await self.network.dns.close()
+                self.network = None
+                self.overlay = None
             await self.runtime.close()
             self._opened = False
 

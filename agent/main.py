@@ -83,6 +83,12 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     type=float,
     help="Seconds a simulated task takes to start.",
 )
+@click.option(
+    "--netns-prefix",
+    default="shoal-",
+    show_default=True,
+    help="Prefix of the network namespaces this agent names (several agents on one machine need their own).",
+)
 @click.option("--debug", is_flag=True, help="Log at debug level.")
 def cli(
     managers: str,
@@ -94,6 +100,7 @@ def cli(
     labels: tuple[str, ...],
     sim_count: int,
     sim_start_delay: float,
+    netns_prefix: str,
     debug: bool,
 ) -> None:
     """Run a Shoal agent until SIGTERM or SIGINT."""
@@ -115,7 +122,7 @@ def cli(
         labels=_labels(labels),
     )
     try:
-        asyncio.run(_serve(base, executor, sim_count, sim_start_delay))
+        asyncio.run(_serve(base, executor, sim_count, sim_start_delay, netns_prefix))
     except (SessionRefused, JoinRefused) as e:
         click.echo(f"shoal-agent: refused by the manager: {e}", err=True)
         sys.exit(1)
@@ -140,19 +147,29 @@ def _configs(base: AgentConfig, count: int) -> list[AgentConfig]:
     ]
 
 
-def _executor(name: str, config: AgentConfig, start_delay: float) -> Executor:
+def _executor(name: str, config: AgentConfig, start_delay: float, netns_prefix: str = "shoal-") -> Executor:
     if name == "sim":
         return make_executor("sim", start_delay=start_delay, hostname=config.hostname)
     if name == "runc":
         return make_executor(
-            "runc", root=config.state_dir / "runtime", hostname=config.hostname, labels=config.labels
+            "runc",
+            root=config.state_dir / "runtime",
+            hostname=config.hostname,
+            labels=config.labels,
+            network_dir=config.state_dir / "network",
+            advertise_addr=config.addr,
+            netns_prefix=netns_prefix,
         )
     return make_executor(name)
 
 
-async def _serve(base: AgentConfig, executor: str, count: int, start_delay: float) -> None:
+async def _serve(
+    base: AgentConfig, executor: str, count: int, start_delay: float, netns_prefix: str = "shoal-"
+) -> None:
     configs = _configs(base, count)
-    executors = [_executor(executor, c, start_delay) for c in configs]  # fails early if unavailable
+    executors = [
+        _executor(executor, c, start_delay, netns_prefix) for c in configs
+    ]  # fails early if unavailable
     # One HTTP client for all simulated nodes: a thousand sessions do not need a thousand pools.
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:

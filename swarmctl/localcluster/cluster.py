@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from agent.network.nsutil import NETNS_RUN_DIR, remove_netns
 from agent.runtime.containers import cgroups
 from agent.runtime.images.baseimages import make_busybox
 from agent.runtime.images.store import ImageStore
@@ -118,7 +120,7 @@ class LocalCluster:
             host,
             [sys.executable, "-m", "agent.main", "--manager", manager_addr, "--token", token,
              "--state-dir", str(state), "--executor", "runc", "--hostname", host.name,
-             "--advertise-addr", _ip(host)],
+             "--advertise-addr", _ip(host), "--netns-prefix", f"{self.config.prefix}-{host.name}-"],
             self.config.base_dir / "logs" / f"{host.name}.log",
         )  # fmt: skip
 
@@ -169,6 +171,10 @@ class LocalCluster:
             underlay = Underlay.load(cfg.state_file)
         if underlay is not None:
             underlay.destroy()
+        # Namespaces the agents named (containers' sandboxes, overlay networks) carry the cluster's prefix.
+        for name in sorted(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.exists() else []:
+            if name.startswith(f"{cfg.prefix}-host"):
+                remove_netns(name)
         for host_dir in sorted(cfg.base_dir.glob("host*")):
             _remove_containers(host_dir / "runtime")
         _unmount_below(cfg.base_dir)

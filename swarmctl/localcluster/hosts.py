@@ -2,7 +2,7 @@
 
 The underlay is a bridge inside a namespace of its own (``<prefix>-ul``), so the cluster's addresses exist
 only inside the cluster's namespaces and never on the machine itself. Each host is a namespace
-(``<prefix>-h<N>``) whose ``eth0`` is a veth into that bridge, with one address of the underlay subnet.
+(``<prefix>-h<N>``, N from 0) whose ``eth0`` is a veth into that bridge, with one address of the underlay subnet.
 Processes are started inside a host with ``nsenter`` and remembered by PID; :meth:`Underlay.destroy` stops
 them (SIGTERM, then SIGKILL) and removes the namespaces, which takes the veths and the bridge with them.
 
@@ -97,11 +97,11 @@ class Underlay:
             await loopback_up(self.state.netns)
             async with iproute(self.state.netns) as ipr:
                 bridge = await ensure_bridge(ipr, "br0", [], MTU)
-                for i in range(1, count + 1):
+                for i in range(count):
                     host = HostInfo(
                         name=f"host{i}",
                         netns=f"{self.state.prefix}-h{i}",
-                        addr=f"{addresses[i]}/{net.prefixlen}",
+                        addr=f"{addresses[i + 1]}/{net.prefixlen}",
                     )
                     self.state.hosts.append(host)
                     self._save()
