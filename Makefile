@@ -2,10 +2,21 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint typecheck unit bench-kvstore bench-scheduler
+.PHONY: setup up down status test lint typecheck unit bench-kvstore bench-scheduler
 
 setup:
 	scripts/setup
+
+# A local multi-host cluster (etcd, a manager, HOSTS agent hosts in network namespaces) with the demo stack.
+HOSTS ?= 3
+up: setup
+	$(BIN)/swarmctl cluster up --hosts $(HOSTS) --stack examples/demo-stack.yml
+
+down: setup
+	$(BIN)/swarmctl cluster down
+
+status: setup
+	$(BIN)/swarmctl cluster status
 
 lint: setup
 	$(BIN)/ruff check .

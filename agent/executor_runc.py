@@ -22,6 +22,7 @@ Health checks (the spec's, or the image's ``HEALTHCHECK``) run in the container 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -83,6 +84,7 @@ class RuncExecutor:
         self._advertise_addr = advertise_addr
         self._netns_prefix = netns_prefix
         self.overlay: OverlayDriver | None = None
+        self._networks_lock = asyncio.Lock()
         self.hostname = hostname
         self.labels = dict(labels or {})
         self.node_id = node_id
@@ -185,10 +187,12 @@ class RuncExecutor:
             net = networks.get(att.network_id)
             if net is None:
                 raise ExecutorError(task.meta.id, f"network {att.network_id} was not sent with the task")
-            try:
-                ctl.network(net.meta.id)
-            except NetworkNotFound:
-                await ctl.create_network(network_config(net))
+            # Tasks are prepared concurrently: the first one on a network creates it here, the others wait.
+            async with self._networks_lock:
+                try:
+                    ctl.network(net.meta.id)
+                except NetworkNotFound:
+                    await ctl.create_network(network_config(net))
         etc_dir = self.runtime.root / "netetc" / task.meta.id
         first = attachments[0] if attachments else None
         sandbox = await ctl.create_sandbox(

@@ -134,7 +134,9 @@ def completion(shell: str) -> None:
 
 
 def _register() -> None:
-    from swarmctl.commands import cluster, network, node, secret, service, stack, task, volume
+    from swarmctl.commands import cluster, localcluster, network, node, secret, service, stack, task, volume
+
+    _ = localcluster  # adds up/down/status to the cluster group
 
     for group in (
         service.service,
@@ -155,3 +157,7 @@ _register()
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,8 @@
 
 The underlay is a bridge inside a namespace of its own (``<prefix>-ul``), so the cluster's addresses exist
 only inside the cluster's namespaces and never on the machine itself. Each host is a namespace
-(``<prefix>-h<N>``, N from 0) whose ``eth0`` is a veth into that bridge, with one address of the underlay subnet.
+(``<prefix>-h<N>``, N from 0) whose ``eth0`` is a veth into that bridge, with one address of the underlay
+subnet.
 Processes are started inside a host with ``nsenter`` and remembered by PID; :meth:`Underlay.destroy` stops
 them (SIGTERM, then SIGKILL) and removes the namespaces, which takes the veths and the bridge with them.
 
