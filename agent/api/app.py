@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from agent.api import containers, execs, images, logs, system, volumes
-from agent.api.common import API_VERSION, EXECS, RUNTIME, ExecRegistry, json_response
+from agent.api.common import API_VERSION, EXECS, RUNTIME, STREAM, ExecRegistry, json_response
 from agent.api.errors import docker_error
 from agent.runtime.local import LocalRuntime
 
@@ -48,11 +48,16 @@ async def docker_errors(request: web.Request, handler: Handler) -> web.StreamRes
         message = "page not found" if exc.status == 404 else exc.reason
         return _error_response(exc.status, message)
     except ConnectionResetError:
+        # The client went away while a stream was being written: nothing left to tell it.
+        if STREAM in request:
+            return request[STREAM]
         raise
     except Exception as exc:
         status, message = docker_error(exc)
         if status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, message, exc_info=exc)
+        if STREAM in request:
+            return request[STREAM]  # the status is sent already; the stream just ends
         return _error_response(status, message)
 
 

@@ -108,6 +108,17 @@ def frame(stream: int, data: bytes) -> bytes:
     return struct.pack(">BxxxI", stream, len(data)) + data
 
 
+STREAM = web.RequestKey("stream", web.StreamResponse)
+"""Request key of a response already streaming: the error middleware can only end it, not replace it."""
+
+
+async def start_stream(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Send the response's headers and remember that this request is now streaming."""
+    await response.prepare(request)
+    request[STREAM] = response
+    return response
+
+
 class _HalfOpen(asyncio.Protocol):
     """Forwards to the HTTP protocol, except that the client's end of input does not close the connection."""
 
@@ -148,14 +159,14 @@ async def output_stream(request: web.Request) -> tuple[web.StreamResponse, async
         response.force_close()
         if transport is not None:
             transport.set_protocol(_HalfOpen(transport.get_protocol()))
-    await response.prepare(request)
+    await start_stream(request, response)
     return response, transport
 
 
 async def json_lines(request: web.Request) -> web.StreamResponse:
     """A prepared response for a stream of JSON objects (pull, push, load progress)."""
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
-    await response.prepare(request)
+    await start_stream(request, response)
     return response
 
 

@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from agent.api.common import json_response, runtime_of, write_json_line
+from agent.api.common import json_response, runtime_of, start_stream, write_json_line
 from agent.api.create import parse_create
 from agent.api.errors import BadParameter
 from agent.api.params import filters, flag, integer, json_body
@@ -122,7 +122,7 @@ async def wait_container(request: web.Request) -> web.StreamResponse:
     try:
         await asyncio.sleep(0)  # registered before the headers tell the client it may start the container
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
+        await start_stream(request, response)
         try:
             result: dict[str, object] = {"StatusCode": await waiting, "Error": None}
         except Exception as exc:
@@ -185,7 +185,7 @@ async def container_stats(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(1.0)  # Docker fills precpu_stats from a sample one second earlier
         return json_response(await sample())
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    await response.prepare(request)
+    await start_stream(request, response)
     while True:
         await write_json_line(response, await sample())
         if rt.containers.inspect(record.id).state.status not in ("running", "paused"):

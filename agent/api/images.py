@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.api.common import json_lines, json_response, runtime_of, write_json_line
+from agent.api.common import json_lines, json_response, runtime_of, start_stream, write_json_line
 from agent.api.errors import BadParameter, NotSupported, docker_error
 from agent.api.params import filters, flag, registry_auth
 from agent.runtime.images.reference import parse_reference
@@ -195,7 +195,7 @@ async def _save(request: web.Request, names: list[str]) -> web.StreamResponse:
     with tempfile.NamedTemporaryFile(dir=_scratch(rt), suffix=".tar") as spool:
         await rt.save(names, Path(spool.name))
         response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
-        await response.prepare(request)
+        await start_stream(request, response)
         with open(spool.name, "rb") as source:
             while chunk := await asyncio.to_thread(source.read, _CHUNK):
                 await response.write(chunk)

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from agent.api.common import MULTIPLEXED, STDERR, STDOUT, frame, output_stream, runtime_of
+from agent.api.common import MULTIPLEXED, STDERR, STDOUT, frame, output_stream, runtime_of, start_stream
 from agent.api.errors import BadParameter, NotSupported
 from agent.api.params import flag, number
 from agent.runtime.containers.logs import LogEntry, LogFilter, follow_logs
@@ -54,7 +54,7 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     wanted = log_filter(request)
     timestamps = flag(request, "timestamps")
     response = web.StreamResponse(headers={"Content-Type": MULTIPLEXED})
-    await response.prepare(request)
+    await start_stream(request, response)
     if flag(request, "follow"):
         async for entry in containers.follow(record.id, wanted):
             await response.write(_frame(entry, timestamps))
@@ -93,7 +93,11 @@ async def attach_container(request: web.Request) -> web.StreamResponse:
             return state.status != "created" or state.finished_at >= attached_at
 
         live = LogFilter(stdout, stderr, since_ns=attached_at)
-        async for entry in follow_logs(containers.log_path(record.id), live, done):
+        log_path = containers.log_path(record.id)
+        # Exists before the container starts, so the follower holds it open even if an auto-remove
+        # deletes it right after a short run (conmon appends to it).
+        log_path.touch(mode=0o600, exist_ok=True)
+        async for entry in follow_logs(log_path, live, done):
             await response.write(_frame(entry, False))
     await response.write_eof()
     return response

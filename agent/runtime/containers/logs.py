@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
+import os
 import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _TS_RE = re.compile(rb"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)$")
 STREAMS = ("stdout", "stderr")
@@ -143,36 +146,46 @@ async def follow_logs(
     is_done: Callable[[], bool],
     poll_interval: float = 0.05,
 ) -> AsyncIterator[LogEntry]:
-    """Yield existing entries (with ``tail``), then new ones as they are written, until ``is_done()``."""
-    for entry in read_logs([path], log_filter):
-        yield entry
+    """Yield existing entries (with ``tail``), then new ones as they are written, until ``is_done()``.
+
+    The file is read through one handle, opened as soon as it exists and kept open: lines written just
+    before the container was removed (its log file with it) are still read, and nothing written between
+    reading the existing lines and following new ones is lost.
+    """
     assembler = _Assembler()
-    try:
-        offset = path.stat().st_size
-    except FileNotFoundError:
-        offset = 0
-    live_filter = LogFilter(log_filter.stdout, log_filter.stderr, log_filter.since_ns, log_filter.until_ns)
+    handle: BinaryIO | None = None
     buffer = b""
-    while True:
-        done = is_done()  # sample before reading so the last lines written before exit are not missed
-        try:
-            with open(path, "rb") as f:
-                if f.seek(0, 2) < offset:
-                    offset = 0  # truncated
-                f.seek(offset)
-                chunk = f.read()
-                offset += len(chunk)
-        except FileNotFoundError:
+    first = True
+    live_filter = LogFilter(log_filter.stdout, log_filter.stderr, log_filter.since_ns, log_filter.until_ns)
+    try:
+        while True:
+            done = is_done()  # sampled before reading, so the lines written before the exit are not missed
+            if handle is None:
+                with contextlib.suppress(FileNotFoundError):
+                    handle = open(path, "rb")  # noqa: SIM115 - kept open across iterations, closed below
             chunk = b""
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for line in complete:
-            fed = assembler.feed(line)
-            if fed is not None and live_filter.accepts(fed):
-                yield fed
-        if done:
-            for entry in assembler.flush():
-                if live_filter.accepts(entry):
-                    yield entry
-            return
-        await asyncio.sleep(poll_interval)
+            if handle is not None:
+                if os.fstat(handle.fileno()).st_size < handle.tell():
+                    handle.seek(0)  # truncated
+                chunk = handle.read()
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            entries = [e for e in (assembler.feed(line) for line in complete) if e is not None]
+            if done:
+                entries += assembler.flush()
+            if first:
+                # What was there already: honour tail, as ``docker logs --follow --tail N`` does.
+                first = False
+                kept = [e for e in entries if log_filter.accepts(e)]
+                if log_filter.tail is not None:
+                    kept = kept[len(kept) - log_filter.tail :] if log_filter.tail else []
+            else:
+                kept = [e for e in entries if live_filter.accepts(e)]
+            for entry in kept:
+                yield entry
+            if done:
+                return
+            await asyncio.sleep(poll_interval)
+    finally:
+        if handle is not None:
+            handle.close()

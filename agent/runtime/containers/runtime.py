@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import os
 import shutil
 import signal
@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime.containers import cgroups, oci, restart
+from agent.runtime.containers.bundle import find_init, write_bundle
 from agent.runtime.containers.config import DEFAULT_STOP_TIMEOUT, ContainerConfig, ImageConfig, parse_signal
 from agent.runtime.containers.inside import ContainerInsight
 from agent.runtime.containers.introspect import matches_filters, random_name, validate_name
 from agent.runtime.containers.rootfs import RootfsProvider
-from agent.runtime.containers.spec import SpecPaths, build_spec, plan_process
+from agent.runtime.containers.spec import plan_process
 from agent.runtime.containers.state import ContainerRecord, StateStore, now_ns
-from agent.runtime.containers.users import ensure_workdir
 from agent.runtime.errors import (
     AmbiguousContainer,
     ContainerNotFound,
@@ -37,11 +37,7 @@ from agent.runtime.errors import (
     OCIRuntimeError,
 )
 
-_HOSTS = (
-    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n"
-    "ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
-)
-_INIT_CANDIDATES = ("tini-static", "docker-init", "catatonit")
+log = logging.getLogger("shoal.agent.runtime")
 
 
 @dataclass(eq=False)
@@ -56,6 +52,7 @@ class _Live:
     monitor: asyncio.Task[None] | None = None
     restart_task: asyncio.Task[None] | None = None
     restart_delay: float = 0.0
+    cleanup: asyncio.Task[None] | None = None  # runc state and cgroups of the last run, going away
 
 
 class ContainerRuntime(ContainerInsight):
@@ -78,7 +75,7 @@ class ContainerRuntime(ContainerInsight):
         self.runc = oci.Runc(shutil.which(runc_binary) or runc_binary, runc_root or self.store.root / "runc")
         self.conmon = shutil.which(conmon_binary) or conmon_binary
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
-        self.init_binary = init_binary or _find_init()
+        self.init_binary = init_binary or find_init()
         # Called once a container is gone (also after auto-remove): the owner releases what it attached.
         self.on_removed = on_removed
         self._containers: dict[str, _Live] = {}
@@ -101,6 +98,12 @@ class ContainerRuntime(ContainerInsight):
 
     async def close(self) -> None:
         """Stop watching; the containers keep running under their conmon."""
+        # Cleanups after exits are short and leave runc's state consistent: let them finish.
+        cleanups = [
+            live.cleanup for live in self._containers.values() if live.cleanup and not live.cleanup.done()
+        ]
+        if cleanups:
+            await asyncio.wait(cleanups, timeout=10)
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -253,7 +256,8 @@ class ContainerRuntime(ContainerInsight):
             if status == "removing":
                 raise ContainerStateConflict(live.record.id, status, "start")
             # An explicit start resets the restart manager, as in Docker.
-            self._save(live, live.record.with_state(restart_count=0, manually_stopped=False))
+            if live.record.state.restart_count or live.record.state.manually_stopped:
+                self._save(live, live.record.with_state(restart_count=0, manually_stopped=False))
             live.restart_delay = 0.0
             await self._start_locked(live)
             return live.record
@@ -262,57 +266,16 @@ class ContainerRuntime(ContainerInsight):
         return self.store.container_dir(cid) / "bundle"
 
     async def _start_locked(self, live: _Live) -> None:
+        await self._cleaned(live)
         record = live.record
         cid = record.id
-        cdir = self.store.container_dir(cid)
-        bundle = self._bundle(cid)
-        bundle.mkdir(parents=True, exist_ok=True)
-        rootfs = Path(record.rootfs)
         try:
-            plan = plan_process(cid, record.config, record.image_config)
-            (cdir / "hostname").write_text(plan.hostname + "\n")
-            (cdir / "hosts").write_text(_HOSTS)
-            spec = build_spec(
-                cid,
-                record.config,
-                record.image_config,
-                SpecPaths(
-                    rootfs=rootfs,
-                    hostname_file=cdir / "hostname",
-                    hosts_file=cdir / "hosts",
-                    init_binary=self.init_binary,
-                ),
-                record.cgroups_path,
-                cgroups.is_v2(),
-                annotations={"org.shoal.container.name": record.name},
-            )
-            ensure_workdir(
-                rootfs,
-                plan.cwd,
-                record.config.user if record.config.user is not None else record.image_config.user,
-            )
+            paths = write_bundle(record, self.store.container_dir(cid), self.store.exits, self.init_binary)
         except ContainerRuntimeError as exc:
             await self._record_start_failure(live, str(exc), 125)
             raise OCIRuntimeError(cid, str(exc), 125) from exc
-        (bundle / "config.json").write_text(json.dumps(spec))
-        # Leftovers of the previous run: runc state, exit file, pid files.
-        if (self.runc.root / cid).exists():
+        if (self.runc.root / cid).exists():  # a run that ended while nobody watched
             await self.runc.delete(cid, force=True)
-        for stale in (
-            self.store.exit_file(cid),
-            bundle / "pidfile",
-            bundle / "conmon.pid",
-            bundle / "oom",
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-        paths = oci.ConmonPaths(
-            bundle=bundle,
-            container_pidfile=bundle / "pidfile",
-            conmon_pidfile=bundle / "conmon.pid",
-            log_path=cdir / "ctr.log",
-            exit_dir=self.store.exits,
-        )
         try:
             launched = await oci.launch_conmon(self.conmon, self.runc, cid, record.name, paths)
         except OCIRuntimeError as exc:
@@ -357,8 +320,24 @@ class ContainerRuntime(ContainerInsight):
         await self._notify_exit(live)
 
     async def _cleanup_run(self, cid: str, cgroups_path: str) -> None:
-        await self.runc.delete(cid, force=True)
+        if (self.runc.root / cid).exists():
+            await self.runc.delete(cid, force=True)
         cgroups.remove(cgroups_path)
+
+    async def _cleanup_quietly(self, cid: str, cgroups_path: str) -> None:
+        try:
+            await self._cleanup_run(cid, cgroups_path)
+        except ContainerRuntimeError as exc:
+            # The next start or the removal deletes what is left; nobody awaits this task to hear of it.
+            log.warning("cleaning up after container %s: %s", cid[:12], exc)
+
+    async def _cleaned(self, live: _Live) -> None:
+        """Wait until the last run's runc state and cgroups are gone."""
+        task = live.cleanup
+        if task is not None and not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        live.cleanup = None
 
     # --- exits and restarts -------------------------------------------------------------------------------
 
@@ -379,7 +358,6 @@ class ContainerRuntime(ContainerInsight):
                     await asyncio.sleep(0.5)
             code, error = 255, "container monitor exited without recording an exit code"
         oom = cgroups.oom_kill_count(record.cgroups_path) > 0 or (self._bundle(cid) / "oom").exists()
-        await self._cleanup_run(cid, record.cgroups_path)
         finished = now_ns()
         record = live.record  # re-read: a stop or rename may have changed it meanwhile
         state = record.state
@@ -406,7 +384,10 @@ class ContainerRuntime(ContainerInsight):
             ),
         )
         live.stopped.set()
+        # runc's state and the cgroup go in the background: whoever waits for the exit need not wait for
+        # that too (a new run of the container, or its removal, waits for it in ``_cleaned``).
         await self._notify_exit(live)
+        live.cleanup = self._spawn(self._cleanup_quietly(cid, record.cgroups_path))
         if decision.restart:
             live.restart_task = self._spawn(self._restart_after(live, decision.delay))
         elif record.config.auto_remove and not state.manually_stopped:
@@ -560,6 +541,7 @@ class ContainerRuntime(ContainerInsight):
 
     async def _finish_remove(self, live: _Live) -> None:
         cid = live.record.id
+        await self._cleaned(live)
         await self._cleanup_run(cid, live.record.cgroups_path)
         await asyncio.to_thread(self.provider.remove, cid)
         with contextlib.suppress(FileNotFoundError):
@@ -582,11 +564,3 @@ class ContainerRuntime(ContainerInsight):
             if other.record.name == new_name and cid != live.record.id:
                 raise NameConflict(new_name, cid)
         self._save(live, replace(live.record, name=new_name))
-
-
-def _find_init() -> Path | None:
-    for name in _INIT_CANDIDATES:
-        found = shutil.which(name)
-        if found:
-            return Path(found)
-    return None

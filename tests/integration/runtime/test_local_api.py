@@ -251,7 +251,7 @@ async def test_exec_non_interactive(docker_api: ApiEnv) -> None:
     assert (await api.post(f"/containers/{stopped}/exec", json={"Cmd": ["true"]})).status == 409
 
 
-async def test_web_server_answers_in_its_network_namespace(docker_api: ApiEnv, tmp_path: object) -> None:
+async def test_web_server_answers_in_its_network_namespace(docker_api: ApiEnv) -> None:
     """busybox httpd in the container's own network namespace; the test connects from inside that
     namespace (setns in a worker thread), since containers have no bridge to the host yet."""
     api = docker_api.api
@@ -299,18 +299,28 @@ async def test_web_server_with_host_network_answers_on_loopback(docker_api: ApiE
     assert (await api.delete(f"/containers/{cid}", params={"force": "1"})).status == 204
 
 
-async def test_attach_streams_a_run_and_wait_answers_at_once(docker_api: ApiEnv) -> None:
-    """What ``docker run`` without ``-d`` does: attach, wait for next-exit (headers first), start."""
+@pytest.mark.parametrize("auto_remove", [False, True])
+async def test_attach_streams_a_run_and_wait_answers_at_once(docker_api: ApiEnv, auto_remove: bool) -> None:
+    """What ``docker run [--rm]`` without ``-d`` does: attach, wait (headers first), then start.
+
+    With ``--rm`` the container and its log file may be gone before the attach has read the output:
+    the output must still arrive.
+    """
     api = docker_api.api
-    cid = await api.create(Cmd=["sh", "-c", "echo out; sleep 0.1; echo err >&2; exit 4"])
+    script = "echo out; sleep 0.1; echo err >&2; exit 4" if not auto_remove else "echo bye; exit 4"
+    cid = await api.create(Cmd=["sh", "-c", script], HostConfig={"AutoRemove": auto_remove})
     session = api.session
+    condition = "removed" if auto_remove else "next-exit"
     async with (
         session.post(
             f"http://localhost/containers/{cid}/attach", params={"stream": "1", "stdout": "1", "stderr": "1"}
         ) as attached,
-        session.post(f"http://localhost/containers/{cid}/wait", params={"condition": "next-exit"}) as waiting,
+        session.post(f"http://localhost/containers/{cid}/wait", params={"condition": condition}) as waiting,
     ):
         assert waiting.status == 200  # headers arrive before the container even started
         assert (await api.post(f"/containers/{cid}/start")).status == 204
-        assert demux(await asyncio.wait_for(attached.read(), 10)) == [(1, b"out\n"), (2, b"err\n")]
+        expected = [(1, b"bye\n")] if auto_remove else [(1, b"out\n"), (2, b"err\n")]
+        assert demux(await asyncio.wait_for(attached.read(), 10)) == expected
         assert (await waiting.json(content_type=None)) == {"StatusCode": 4, "Error": None}
+    if auto_remove:
+        assert (await api.get(f"/containers/{cid}/json")).status == 404
