@@ -22,6 +22,7 @@ from cryptography import x509
 from agent.errors import AgentError
 from agent.executor import Executor
 from agent.identity import JoinRefused, NodeCredentials, default_renewal_time
+from agent.logs import LogStreamer
 from agent.session import AgentSession
 from agent.worker import Worker
 from api.objects import NodeDescription, TaskStatus
@@ -72,6 +73,8 @@ class Agent:
         )
         # Executors with cluster networking (runc) take the manager's peer tables for their overlays.
         self.session.on_peers = getattr(executor, "apply_peers", None)
+        self.logs = LogStreamer(executor, self.worker.task)
+        self.session.logs = self.logs
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -104,6 +107,7 @@ class Agent:
                 renewals.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewals
+            await self.logs.close()
             await self.worker.stop()
             await self.executor.close()
             if self._http is None:

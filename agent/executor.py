@@ -9,6 +9,7 @@ and ``runc`` (containers through agent/runtime/, chosen by :func:`make_executor`
 An executor only ever lists and touches what it created itself (``list_tasks``), so containers that other
 tools made on the host are left alone. Executors that can run health checks also implement
 :class:`HealthChecker`; the controller monitors a task's health only through them (agent/health.py).
+Executors that keep their tasks' output implement :class:`LogReader` (agent/logs.py serves it).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from agent.errors import ExecutorUnavailable
 from agent.health import CheckOutput
 from api import Network, Secret, Task
+from api.logs import LogLine, LogOptions
 from api.objects import HealthConfig, NodeDescription, Platform, Resources
 
 #: Executors ``--executor`` accepts.
@@ -94,6 +96,16 @@ class HealthChecker(Protocol):
     async def exec_check(self, task: Task, command: Sequence[str]) -> CheckOutput:
         """Run ``command`` once in the task's running container, non-interactively, and return its exit
         code and output. Cancelling the call stops the command (that is how timeouts end it)."""
+        ...
+
+
+@runtime_checkable
+class LogReader(Protocol):
+    """The optional part of an executor that keeps its tasks' output (agent/logs.py streams it)."""
+
+    def logs(self, task: Task, options: LogOptions) -> AsyncIterator[LogLine]:
+        """What the task wrote (the last ``options.tail`` lines, from ``options.since_ns``), oldest first;
+        with ``options.follow``, then what it writes until it stops. Nothing for a task not created here."""
         ...
 
 

@@ -13,6 +13,10 @@ Health checks (agent/health.py) run on the spec's schedule; a probe's result com
 ``unhealthy`` (every probe fails), ``flaky:N`` (every N-th probe fails), ``after:N`` (N probes pass, then
 every one fails) or ``hang`` (probes never answer, so the check's timeout fails them).
 
+Logs (agent/logs.py): a started task writes one line per line of ``SHOAL_SIM_LOG`` to stdout (default
+``task <id> running``) and of ``SHOAL_SIM_LOG_STDERR`` to stderr, then ``tick N`` every
+``SHOAL_SIM_LOG_EVERY`` seconds while it runs; a test adds lines with :meth:`SimExecutor.write_log`.
+
 Each :class:`SimExecutor` is one simulated host: it describes itself with configurable resources, so a
 thousand of them in one process look like a thousand modest nodes to the scheduler.
 """
@@ -21,17 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from agent.errors import ExecutorError, TaskNotFound
 from agent.executor import ExitStatus, TaskDependencies
 from agent.health import CheckOutput, effective_config
 from api import Task
+from api.logs import LogLine, LogOptions
 from api.objects import HealthConfig, NodeDescription, Platform, Resources
 
 #: Exit code of a simulated task that was shut down (SIGTERM, as a shell reports it).
 SHUTDOWN_EXIT_CODE = 143
+#: Lines of output a simulated task keeps (the oldest go first, as a rotated log file would).
+LOG_LINES = 10_000
 
 
 @dataclass
@@ -45,6 +54,26 @@ class SimTask:
     deps: TaskDependencies = field(default_factory=TaskDependencies)
     #: Health check probes run so far.
     probes: int = 0
+    #: Its output, and how many lines it ever wrote (followers find what is new by the count).
+    lines: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    written: int = 0
+    #: Set (and replaced) whenever a line is written or the task ends: wakes followers.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ticker: asyncio.TimerHandle | None = None
+
+    def write(self, text: str, stream: str = "stdout") -> None:
+        self.lines.append(LogLine(stream, time.time_ns(), text))
+        self.written += 1
+        self.notify()
+
+    def notify(self) -> None:
+        self.wake.set()
+        self.wake = asyncio.Event()
+
+    def stop_timers(self) -> None:
+        for timer in (self.timer, self.ticker):
+            if timer is not None:
+                timer.cancel()
 
 
 def _env(task: Task) -> dict[str, str]:
@@ -106,10 +135,18 @@ class SimExecutor:
             raise TaskNotFound(task_id)
         held.state = "exited"
         held.exit.set_result(ExitStatus(exit_code, message or f"exited with code {exit_code}"))
+        held.notify()
 
     def set_health(self, task_id: str, mode: str) -> None:
         """Make the task's health probes answer as ``mode`` (a ``SHOAL_SIM_HEALTH`` value) from now on."""
         self._health[task_id] = mode
+
+    def write_log(self, task_id: str, text: str, stream: str = "stdout") -> None:
+        """Make a started task write one line of output now."""
+        held = self.tasks.get(task_id)
+        if held is None:
+            raise TaskNotFound(task_id)
+        held.write(text, stream)
 
     def running(self) -> set[str]:
         """Ids of the tasks running now."""
@@ -148,6 +185,20 @@ class SimExecutor:
         if after:
             code = int(env.get("SHOAL_SIM_EXIT_CODE", "0") or 0)
             held.timer = loop.call_later(float(after), self._exit_quietly, task.meta.id, code)
+        for stream, name in (("stdout", "SHOAL_SIM_LOG"), ("stderr", "SHOAL_SIM_LOG_STDERR")):
+            text = env.get(name, f"task {task.meta.id} running" if stream == "stdout" else "")
+            for line in text.splitlines():
+                held.write(line, stream)
+        every = float(env.get("SHOAL_SIM_LOG_EVERY", "0") or 0)
+        if every > 0:
+            self._tick(held, every, 1)
+
+    def _tick(self, held: SimTask, every: float, n: int) -> None:
+        if n > 1:
+            if held.state != "running":
+                return
+            held.write(f"tick {n - 1}")
+        held.ticker = asyncio.get_running_loop().call_later(every, self._tick, held, every, n + 1)
 
     def _exit_quietly(self, task_id: str, exit_code: int) -> None:
         with contextlib.suppress(TaskNotFound):
@@ -164,21 +215,47 @@ class SimExecutor:
         held = self.tasks.get(task.meta.id)
         if held is None:
             return
-        if held.timer is not None:
-            held.timer.cancel()
+        held.stop_timers()
         if held.exit is not None and not held.exit.done():
             held.exit.set_result(ExitStatus(SHUTDOWN_EXIT_CODE, "shut down"))
         held.state = "exited"
+        held.notify()
 
     async def remove(self, task_id: str) -> None:
         held = self.tasks.pop(task_id, None)
         if held is None:
             return
-        if held.timer is not None:
-            held.timer.cancel()
+        held.stop_timers()
         if held.exit is not None and not held.exit.done():
             held.exit.cancel()
+        held.state = "exited"
+        held.notify()
         self.removed.append(task_id)
+
+    # --- logs ---------------------------------------------------------------------------------------------
+    async def logs(self, task: Task, options: LogOptions) -> AsyncIterator[LogLine]:
+        held = self.tasks.get(task.meta.id)
+        if held is None:
+            return
+        wake = held.wake
+        lines = [line for line in held.lines if options.accepts(line)]
+        if options.tail >= 0:
+            lines = lines[len(lines) - options.tail :] if options.tail else []
+        seen = held.written
+        for line in lines:
+            yield line
+        while options.follow:
+            new = held.written - seen
+            if new:
+                seen = held.written
+                for line in list(held.lines)[-new:]:
+                    if options.accepts(line):
+                        yield line
+                continue
+            if held.state != "running":
+                return
+            await wake.wait()
+            wake = held.wake
 
     # --- health checks ----------------------------------------------------------------------------------
     async def healthcheck(self, task: Task) -> HealthConfig | None:
@@ -210,5 +287,4 @@ class SimExecutor:
 
     async def close(self) -> None:
         for held in self.tasks.values():
-            if held.timer is not None:
-                held.timer.cancel()
+            held.stop_timers()

@@ -25,8 +25,10 @@ import aiohttp
 
 from agent.errors import SessionRefused
 from agent.identity import NODE_ID_FILE, NodeCredentials
+from agent.logs import LogStreamer
 from api.errors import CodecError
 from api.join import MANAGER_SERVER_NAME
+from api.logs import LogsAck, LogsBatch, LogsCancel, LogsEnd, LogsSubscribe
 from api.objects import SECOND, NodeDescription, TaskStatus
 from api.peers import Peers
 from api.session import (
@@ -85,6 +87,9 @@ class AgentSession:
         self._on_assignments = on_assignments
         #: Where ``peers`` frames go (the overlay driver's ``apply_peers``); None: they are ignored.
         self.on_peers: Callable[[Peers], None] | None = None
+        #: Serves the managers' log subscriptions (agent/logs.py); None: they are refused.
+        self.logs: LogStreamer | None = None
+        self._refusals: set[asyncio.Task[None]] = set()
         self._statuses = statuses
         self._http = http
         self._own_http = http is None
@@ -265,6 +270,8 @@ class AgentSession:
         try:
             await self._receive_loop(ws)
         finally:
+            if self.logs is not None:
+                self.logs.reset()  # log subscriptions belong to this connection
             for job in jobs:
                 job.cancel()
             for job in jobs:
@@ -288,8 +295,24 @@ class AgentSession:
             elif isinstance(frame, Heartbeat):
                 if frame.heartbeat_period_ns > 0:
                     self.heartbeat_period = frame.heartbeat_period_ns / SECOND
+            elif isinstance(frame, LogsSubscribe | LogsAck | LogsCancel):
+                self._on_logs(ws, frame)
             elif isinstance(frame, Error):
                 raise self._refusal(frame)
+
+    def _on_logs(
+        self, ws: aiohttp.ClientWebSocketResponse, frame: LogsSubscribe | LogsAck | LogsCancel
+    ) -> None:
+        async def send(reply: LogsBatch | LogsEnd) -> None:
+            await ws.send_bytes(encode_frame(reply))
+
+        if self.logs is not None:
+            self.logs.handle(frame, send)
+        elif isinstance(frame, LogsSubscribe):
+            refusal = LogsEnd(frame.subscription_id, "", "this agent serves no logs")
+            job = asyncio.get_running_loop().create_task(send(refusal), name="logs-refused")
+            self._refusals.add(job)
+            job.add_done_callback(self._refusals.discard)
 
     async def _heartbeats(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:

@@ -116,6 +116,11 @@ class Worker:
         }
         return TaskDependencies(networks, secrets)
 
+    def task(self, task_id: str) -> Task | None:
+        """The task as last assigned, if it is assigned here (logs are served only for those)."""
+        ctl = self.controllers.get(task_id)
+        return ctl.task if ctl is not None else None
+
     # --- statuses out -----------------------------------------------------------------------------------
     def statuses(self) -> list[StatusUpdate]:
         """The current status of every task here (sent again after the session reconnects)."""

@@ -17,6 +17,7 @@ import msgpack
 
 from api.codec import from_plain, to_plain
 from api.errors import CodecError
+from api.logs import LOG_FRAME_TYPES, LogsAck, LogsBatch, LogsCancel, LogsEnd, LogsSubscribe
 from api.objects import Network, NodeDescription, Secret, Task, TaskStatus
 from api.peers import Peers
 
@@ -110,7 +111,20 @@ class Error:
         return self.code in ErrorCode.FATAL
 
 
-Frame = Register | Registered | Heartbeat | Assignments | StatusReport | Error | Peers
+Frame = (
+    Register
+    | Registered
+    | Heartbeat
+    | Assignments
+    | StatusReport
+    | Error
+    | Peers
+    | LogsSubscribe
+    | LogsBatch
+    | LogsEnd
+    | LogsAck
+    | LogsCancel
+)
 
 #: Frame type name ↔ class.
 FRAME_TYPES: dict[str, type[Any]] = {
@@ -121,6 +135,7 @@ FRAME_TYPES: dict[str, type[Any]] = {
     "status": StatusReport,
     "error": Error,
     "peers": Peers,
+    **LOG_FRAME_TYPES,  # api/logs.py
 }
 _TYPE_NAMES: dict[type[Any], str] = {tp: name for name, tp in FRAME_TYPES.items()}
 

@@ -81,3 +81,12 @@ class Forbidden(ManagerError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class Unavailable(ManagerError):
+    """This manager cannot serve the request now (no session with the node that could); ``message`` says
+    what to do instead."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

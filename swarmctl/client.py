@@ -13,7 +13,7 @@ import json
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,15 +143,17 @@ class Client:
     # --- transport --------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            a = self.address
-            if a.scheme == "unix":
-                self._conn = _UnixConnection(a.path, self.timeout)
-            elif a.scheme == "https":
-                ctx = (self.tls or TLSOptions()).context()
-                self._conn = http.client.HTTPSConnection(a.host, a.port, timeout=self.timeout, context=ctx)
-            else:
-                self._conn = http.client.HTTPConnection(a.host, a.port, timeout=self.timeout)
+            self._conn = self._new_connection()
         return self._conn
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        a = self.address
+        if a.scheme == "unix":
+            return _UnixConnection(a.path, self.timeout)
+        if a.scheme == "https":
+            ctx = (self.tls or TLSOptions()).context()
+            return http.client.HTTPSConnection(a.host, a.port, timeout=self.timeout, context=ctx)
+        return http.client.HTTPConnection(a.host, a.port, timeout=self.timeout)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -205,6 +207,43 @@ class Client:
                 self.close()
                 raise ManagerUnreachable(str(self.address), _reason(e)) from None
         raise AssertionError("unreachable")
+
+    def stream(self, path: str, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """GET an NDJSON stream (logs): each object as its line arrives, on a connection of its own and
+        without a read timeout (a followed stream may stay quiet for long). Raises APIError before the
+        first object if the manager refuses."""
+        if query:
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
+        if self.debug:
+            print(f"> GET {path}", file=sys.stderr)
+        conn = self._new_connection()
+        try:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise ManagerUnreachable(str(self.address), _reason(e)) from None
+            if resp.status >= 400:
+                data = resp.read()
+                try:
+                    message = json.loads(data).get("message", "")
+                except (ValueError, AttributeError):
+                    message = ""
+                raise APIError(resp.status, message or data.decode(errors="replace").strip(), "GET", path)
+            if conn.sock is not None:
+                conn.sock.settimeout(None)
+            try:
+                for raw in resp:
+                    if raw.strip():
+                        try:
+                            obj = json.loads(raw)
+                        except ValueError:
+                            raise APIError(200, f"not a log line: {raw[:100]!r}", "GET", path) from None
+                        yield obj
+            except (OSError, http.client.HTTPException) as e:
+                raise ManagerUnreachable(str(self.address), f"the stream broke: {_reason(e)}") from None
+        finally:
+            conn.close()
 
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query or None)

@@ -27,6 +27,7 @@ from manager.errors import (
     NodeNotDown,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 from manager.store import ObjectStore
 from scheduler import SchedulerError
@@ -57,6 +58,7 @@ STATUS_FOR: list[tuple[type[BaseException], int]] = [
     (SchedulerError, 400),
     (InvalidTransition, 409),
     (StoreUnavailable, 503),
+    (Unavailable, 503),
     (KVError, 503),
 ]
 
@@ -130,10 +132,11 @@ def int_query(request: web.Request, name: str, default: int | None = None) -> in
 
 def make_app(store: ObjectStore) -> web.Application:
     """The API application over a started :class:`ObjectStore`."""
-    from manager.api import openapi, routes  # the route modules import this one
+    from manager.api import logs, openapi, routes  # the route modules import this one
 
     app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
     app[STORE] = store
     app.add_routes(routes.table)
+    app.add_routes(logs.table)
     app.router.add_get("/openapi.json", openapi.handler)
     return app

@@ -37,6 +37,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, Any, Any, bool]] = {
     ("delete", "/services/{ref}"): ("Remove a service", None, None, False),
     ("get", "/tasks"): ("List tasks (?service=, ?node=, ?desired-state=)", None, Task, True),
     ("get", "/tasks/{ref}"): ("Inspect a task", None, Task, False),
+    ("get", "/services/{ref}/logs"): ("Stream the logs of a service's tasks (NDJSON)", None, None, False),
+    ("get", "/tasks/{ref}/logs"): ("Stream the logs of a task (NDJSON)", None, None, False),
     ("get", "/nodes"): ("List nodes", None, Node, True),
     ("get", "/nodes/{ref}"): ("Inspect a node (id, hostname or id prefix)", None, Node, False),
     ("post", "/nodes/{ref}/update"): ("Update a node's spec at ?version=", NodeSpec, None, False),
@@ -75,6 +77,35 @@ OPERATIONS: dict[tuple[str, str], tuple[str, Any, Any, bool]] = {
 }
 
 
+def _query(name: str, kind: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": {"type": kind}, "description": description}
+
+
+#: The query of the log endpoints (manager/api/logs.py), Docker's.
+_LOG_PARAMS = [
+    _query("follow", "boolean", "Keep streaming new lines (a service: also of tasks started later)"),
+    _query("tail", "string", "Lines per task from the end: a number or 'all'"),
+    _query("since", "string", "Only lines since this time: UNIX seconds or RFC 3339"),
+    _query("stdout", "boolean", "Lines of stdout (both streams when neither is given)"),
+    _query("stderr", "boolean", "Lines of stderr"),
+    _query("timestamps", "boolean", "Accepted for Docker's clients; every line carries its time"),
+    _query("details", "boolean", "Accepted for Docker's clients; there are no extra attributes"),
+    _query("forwarded", "boolean", "Set by a manager relaying the request: answer from this one's sessions"),
+]
+_LOG_LINE: dict[str, Any] = {
+    "description": "One object per line: a line of output, or an error for logs that cannot be read",
+    "type": "object",
+    "properties": {
+        "task": {"type": "string"},
+        "node": {"type": "string"},
+        "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+        "time": {"type": "string", "format": "date-time"},
+        "text": {"type": "string"},
+        "error": {"type": "string"},
+    },
+}
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     """The whole OpenAPI document."""
@@ -95,6 +126,8 @@ def document() -> dict[str, Any]:
         if path == ROTATE_TOKEN_PATH:
             role = {"type": "string", "enum": ["worker", "manager"]}
             params.append({"name": "role", "in": "query", "required": True, "schema": role})
+        if path.endswith("/logs"):
+            params += _LOG_PARAMS
         if params:
             op["parameters"] = params
         if body is not None:
@@ -103,6 +136,8 @@ def document() -> dict[str, Any]:
                 "content": {"application/json": {"schema": json_schema(body, schemas)}},
             }
         ok: dict[str, Any] = {"description": "OK"}
+        if path.endswith("/logs"):
+            ok["content"] = {"application/x-ndjson": {"schema": _LOG_LINE}}
         if result is not None:
             item = json_schema(result, schemas)
             schema = {"type": "array", "items": item} if many else item

@@ -19,6 +19,7 @@ from swarmctl.commands import service_flags as flags
 from swarmctl.commands.common import TASK_COLUMNS, remove_each, task_filter_keys, task_matchers, task_rows
 from swarmctl.context import AppContext, pass_app
 from swarmctl.errors import InvalidValue, SwarmctlError
+from swarmctl.logs import log_options, print_logs
 from swarmctl.output import (
     filter_option,
     format_option,
@@ -296,6 +297,24 @@ def inspect(app: AppContext, refs: tuple[str, ...], fmt: str | None, pretty: boo
         click.echo("\n\n".join(pretty_service(s) for s in services))
         return
     print_objects([to_plain(s) for s in services], fmt=fmt)
+
+
+@service.command()
+@log_options
+@click.argument("ref", metavar="SERVICE|TASK")
+@pass_app
+def logs(app: AppContext, ref: str, **o: Any) -> None:
+    """Fetch the logs of a service or task."""
+    client = app.client
+    svc = client.find(client.service, ref)
+    if svc is not None:
+        width = len(str(svc.spec.replicas)) if svc.spec.mode is ServiceMode.REPLICATED else 1
+        print_logs(client, f"/services/{svc.meta.id}/logs", o, width)
+        return
+    task = client.find(client.task, ref)
+    if task is None:
+        raise SwarmctlError(f"no such task or service: {ref}")
+    print_logs(client, f"/tasks/{task.meta.id}/logs", o, len(str(task.slot)))
 
 
 @service.command("rm")
