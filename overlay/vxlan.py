@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 BRIDGE = "br0"
 NUD_PERMANENT = ndmsg.states["permanent"]
+NUD_NOARP = ndmsg.states["noarp"]
 NTF_SELF = ndmsg.NTF_SELF
+NTF_MASTER = ndmsg.NTF_MASTER
 #: Host ends of container veths inside the network's namespace: ``ov`` + the endpoint id.
 VETH_PREFIX = "ov"
 
@@ -199,24 +201,35 @@ async def bridge_ports(overlay_ns: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Programmed:
-    """The static entries on a VXLAN device: neighbours (IP → MAC) and forwarding (MAC → host)."""
+    """The static entries on a VXLAN device: neighbours (IP → MAC) and forwarding (MAC → host); and the
+    MACs the network's bridge learned behind the device (its port towards the other hosts)."""
 
     neighbours: dict[str, str]
     forwarding: dict[str, str]
+    learned: frozenset[str] = frozenset()
 
 
 async def read_peers(ipr: AsyncIPRoute, vx: int) -> Programmed:
-    """The permanent neighbour and forwarding entries on VXLAN device ``vx``."""
+    """The permanent neighbour and forwarding entries on VXLAN device ``vx``, and what the bridge learned
+    on it."""
     neighbours: dict[str, str] = {}
     async for msg in await ipr.neigh("dump", ifindex=vx, family=socket.AF_INET):
         if msg["ifindex"] == vx and msg["state"] & NUD_PERMANENT and msg.get("lladdr"):
             neighbours[str(msg.get("dst"))] = str(msg.get("lladdr"))
     forwarding: dict[str, str] = {}
+    learned: set[str] = set()
     async for msg in await ipr.fdb("dump", ifindex=vx):
-        # The device's own entries (without a destination, on the bridge) are not peers.
-        if msg["ifindex"] == vx and msg["flags"] & NTF_SELF and msg.get("dst") and msg.get("lladdr"):
-            forwarding[str(msg.get("lladdr"))] = str(msg.get("dst"))
-    return Programmed(neighbours, forwarding)
+        if msg["ifindex"] != vx or not msg.get("lladdr"):
+            continue
+        if msg["flags"] & NTF_SELF:
+            # The device's own entries (without a destination) are not peers.
+            if msg.get("dst"):
+                forwarding[str(msg.get("lladdr"))] = str(msg.get("dst"))
+        elif msg.get("master") and not msg["state"] & (NUD_PERMANENT | NUD_NOARP):
+            # Learned by the bridge from frames that came in over the tunnel (the port's own address and
+            # static entries are permanent or noarp).
+            learned.add(str(msg.get("lladdr")))
+    return Programmed(neighbours, forwarding, frozenset(learned))
 
 
 async def programmed(overlay_ns: str, vni: int) -> Programmed:
@@ -232,7 +245,10 @@ async def sync_peers(overlay_ns: str, vni: int, wanted: set[PeerEntry]) -> int:
     """Make the VXLAN device's static entries exactly ``wanted``; the number of entries changed.
 
     Reads what the kernel has rather than trusting memory, so entries left by an agent that crashed, or
-    added by hand, are corrected too. Stale entries go before new ones are added.
+    added by hand, are corrected too. Stale entries go before new ones are added, and with them what the
+    bridge learned behind the VXLAN device for MACs no longer wanted (it would keep those for its ageing
+    time, 300 s, and send an address reused by a container of this host towards the tunnel until then;
+    libnetwork deletes them the same way).
     """
     want_neigh = {e.ip: e.mac for e in wanted}
     want_fdb = {e.mac: e.vtep for e in wanted}
@@ -253,6 +269,12 @@ async def sync_peers(overlay_ns: str, vni: int, wanted: set[PeerEntry]) -> int:
                     partial(ipr.fdb, "del", ifindex=vx, lladdr=mac, dst=vtep, flags=NTF_SELF),
                 )
                 changes += 1
+        for mac in sorted(have.learned - want_fdb.keys()):
+            await _ignore_missing(
+                f"forget learned entry {mac}",
+                partial(ipr.fdb, "del", ifindex=vx, lladdr=mac, flags=NTF_MASTER),
+            )
+            changes += 1
         for mac, vtep in want_fdb.items():
             if have.forwarding.get(mac) != vtep:
                 await _nl(

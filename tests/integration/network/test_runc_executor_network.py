@@ -1,5 +1,6 @@
 """A task run by the runc executor gets its network from the host's network controller: an address on the
-default bridge that answers from the host, the sandbox's /etc files, and nothing left once it is removed."""
+default bridge that answers from the host, the sandbox's /etc files, no network once it stopped, and nothing
+left once it is removed."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ async def test_task_gets_a_bridge_address_that_answers(
             pytest.fail(f"the task's httpd on {ip}:8080 never answered from the host")
         hosts = (tmp_path / "runtime" / "netetc" / task.meta.id / "hosts").read_text()
         assert task.meta.id[:12] in hosts
+        # Stopped, the task keeps its container (until removed) but no longer its network, as in Docker.
+        await ex.shutdown(task)
+        assert task.meta.id in await ex.list_tasks()
+        with pytest.raises(Exception, match="has no network sandbox"):
+            ctl.sandbox(task.meta.id)
     finally:
         await ex.shutdown(task)
         await ex.remove(task.meta.id)

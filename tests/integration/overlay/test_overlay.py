@@ -95,6 +95,26 @@ async def test_the_last_endpoint_on_a_host_takes_the_network_namespace_with_it(l
     assert await lab.wget(d, "http://10.0.9.5/") == "c\n"
 
 
+async def test_a_removed_task_leaves_nothing_the_bridge_learned_behind_the_tunnel(lab: OverlayLab) -> None:
+    h1, h2, _ = lab.hosts
+    net = await lab.network("my-net", "10.0.9.0", VNI)
+    a = await lab.container(h1, net, "10.0.9.3")
+    b = await lab.container(h2, net, "10.0.9.4")
+    await lab.publish()
+    await lab.httpd(a.netns, "a\n")
+    assert await lab.wget(b, "http://10.0.9.3/") == "a\n"
+    # From that traffic, h1's bridge learned b's MAC behind the VXLAN device (for 300 s, left alone).
+    assert mac_for("10.0.9.4") in (await programmed(h1, net, VNI)).learned
+
+    await lab.remove(b)
+    await lab.publish()
+    path = h1.overlay.local(net)
+    assert path is not None
+    status, out = await run(path, "bridge", "fdb", "show")
+    assert status == 0, out
+    assert mac_for("10.0.9.4") not in out, f"b's MAC is still known on h1:\n{out}"
+
+
 async def test_outbound_traffic_leaves_through_the_gateway_bridge_but_not_from_internal_overlays(
     lab: OverlayLab,
 ) -> None:
