@@ -3,7 +3,8 @@
 One manager (with etcd, TLS) and two agents; the manager host runs an agent too, so the cluster has three
 nodes. The playbook runs from a controller namespace as a user would run it from their workstation: over
 SSH to each host's own sshd, with Shoal built from a copy of this source tree and its dependencies installed
-from a wheelhouse (the hosts reach no package index). Agents use the simulated executor.
+from a wheelhouse (the hosts reach no package index). Agents run tasks as runc containers, from the
+busybox image the playbook puts into each agent's image store (the hosts reach no registry either).
 
 The module's fixture installs the cluster once; the tests then look at it, run the playbook again (no
 change, also in --check mode) and finally remove an agent with remove-node.yml.
@@ -92,7 +93,11 @@ class Controller:
             lines.append(f"[{group}]")
             for host_name in names:
                 host = self.lab.host(host_name)
-                lines.append(f"{host.name} ansible_host={host.addr} {host_vars.get(host.name, '')}".rstrip())
+                # The lab's cleanup finds the namespaces each agent named by this prefix.
+                lines.append(
+                    f"{host.name} ansible_host={host.addr} agent_netns_prefix={host.netns_prefix} "
+                    f"{host_vars.get(host.name, '')}".rstrip()
+                )
         lines += [
             "[all:vars]",
             "ansible_user=root",
@@ -103,7 +108,6 @@ class Controller:
             f"common_shoal_source={self.workdir / 'src'}",
             f"common_wheelhouse={self.wheelhouse}",
             f"common_build_dir={self.workdir / 'build'}",
-            "agent_executor=sim",
             "",
         ]
         path = self.workdir / f"{name}.ini"
@@ -164,6 +168,15 @@ class Controller:
         rows = self.rows("service", "ps", service)
         return sorted(r["Node"] for r in rows if r["CurrentState"].startswith("Running"))
 
+    def running_containers(self) -> dict[str, list[str]]:
+        """Command lines of the running containers of each host's agent (``runc list`` on the host)."""
+        out: dict[str, list[str]] = {}
+        for host in self.lab.hosts:
+            running = [c for c in host.containers() if c["status"] == "running"]
+            assert host.sshd is not None
+            out[host.name] = sorted(_container_cmdline(c["pid"], host.sshd.pid) for c in running)
+        return out
+
     def host_logs(self) -> str:
         """The daemons' logs on every host, for failure messages."""
         parts = []
@@ -186,14 +199,31 @@ def _wheelhouse(target: Path) -> None:
     )
 
 
-def _eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
+def _container_cmdline(pid: int, host_pid: int) -> str:
+    """The command line of a container's first process, checked to run in a container: in a network
+    namespace other than its host's (a task's sandbox), with a root file system other than the host's,
+    holding busybox."""
+    proc, host = Path(f"/proc/{pid}"), Path(f"/proc/{host_pid}")
+    if (proc / "ns" / "net").readlink() == (host / "ns" / "net").readlink():
+        return f"(pid {pid} runs in the host's network namespace)"
+    root, host_root = (proc / "root").stat(), (host / "root").stat()
+    if (root.st_dev, root.st_ino) == (host_root.st_dev, host_root.st_ino):
+        return f"(pid {pid} runs in the host's root file system)"
+    if not (proc / "root" / "bin" / "busybox").exists():
+        return f"(pid {pid} does not see the busybox image)"
+    return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+def _eventually(
+    check: Callable[[], Any], timeout: float, what: str, detail: Callable[[], str] = lambda: ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail()}")
         time.sleep(0.5)
 
 
@@ -267,9 +297,20 @@ def test_services_run_on_the_agents(controller: Controller) -> None:
         "service", "create", "--detach", "--name", "in-zone-b", "--constraint", "node.labels.zone==b",
         "busybox", "sleep", "1000",
     )  # fmt: skip
+
+    def tasks() -> str:
+        ps = controller.swarmctl("service", "ps", "--no-trunc", "web", "in-zone-b")
+        return f"{ps}\n{controller.host_logs()}"
+
     # Spread: one task on each node, so both agents run one.
-    assert _eventually(lambda: controller.running_on("web") == HOSTS_SORTED, 30, "web on every node")
-    assert _eventually(lambda: controller.running_on("in-zone-b") == ["a2"], 30, "in-zone-b on a2")
+    assert _eventually(lambda: controller.running_on("web") == HOSTS_SORTED, 60, "web on every node", tasks)
+    assert _eventually(lambda: controller.running_on("in-zone-b") == ["a2"], 60, "in-zone-b on a2", tasks)
+    # Each task is a busybox container of its node's agent, under the agent's runc root.
+    assert controller.running_containers() == {
+        "m1": ["sleep 1000"],
+        "a1": ["sleep 1000"],
+        "a2": ["sleep 1000", "sleep 1000"],
+    }
 
 
 def test_a_second_run_changes_nothing(controller: Controller) -> None:
@@ -297,8 +338,14 @@ def test_remove_node_drains_the_agent_and_removes_it(controller: Controller) -> 
     # The drained node's task moved: web runs its 3 replicas on the nodes that are left.
     assert _eventually(lambda: len(controller.running_on("web")) == 3, 30, "3 running tasks of web")
     assert set(controller.running_on("web")) == {"a1", "m1"}
-    # The agent is gone from the host, with its files; sshd is all that still runs there.
+    running = controller.running_containers()
+    assert len(running["m1"] + running["a1"]) == 3 and running["a2"] == [], running
+    # The agent is gone from the host, with its containers, their namespaces and mounts, and its files;
+    # sshd is all that still runs there.
     a2 = controller.lab.host("a2")
     assert not [c for c in a2.processes().values() if "shoal" in c], a2.processes()
+    assert a2.containers() == []
+    assert a2.agent_netns() == []
+    assert a2.agent_mounts() == []
     assert not (a2.path("/var/lib/shoal") / "agent").exists()
     assert not (a2.path("/etc/shoal") / "shoal-agent.conf").exists()
