@@ -12,12 +12,20 @@ With a network controller (agent/network/) a task gets a network sandbox before 
 its cluster networks (overlays, with the addresses the manager allocated) in the order its spec lists them,
 or the default bridge when it has none; the container joins that namespace and gets the sandbox's
 ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf``. Without one, containers have only loopback.
+As Docker releases a container's networking when it stops, the sandbox goes as soon as the container has
+stopped (it exited, or was shut down), not when the task is removed: an ended task, which the managers
+may keep in the service's history for long, holds no address on an overlay's bridge, and the last task of
+a network on the host to end takes the network's namespace with it.
+Ports the service publishes in host mode are published on this host (``-p published:target``, on the
+default bridge, or through the gateway bridge for a task on overlays); those in ingress mode are the
+routing mesh's (overlay/ingress.py) and need nothing here.
 
 A task's secrets are written to a tmpfs of its own and bind-mounted read-only at ``/run/secrets``
 (agent/secrets.py), never to the disk; removing the task unmounts them.
 
 Health checks (the spec's, or the image's ``HEALTHCHECK``) run in the container through ``runc exec``
-(agent/health_runc.py); the task controller schedules them.
+(agent/health_runc.py); the task controller schedules them. Logs are the container's: what conmon wrote
+to its CRI log file, every run of it, stdout and stderr apart.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,17 +43,19 @@ from agent.executor import ExitStatus, TaskDependencies, host_description
 from agent.health import CheckOutput, effective_config
 from agent.health_runc import exec_check, image_healthcheck
 from agent.network.controller import ControllerConfig, NetworkController
-from agent.network.errors import NetworkError, NetworkNotFound
+from agent.network.errors import NetworkError
 from agent.network.sandbox import SandboxConfig
 from agent.runtime.containers.config import ContainerConfig, Resources
+from agent.runtime.containers.logs import LogEntry, LogFilter
 from agent.runtime.errors import ContainerNotFound, ContainerRuntimeError, ImageNotFound
 from agent.runtime.local import LocalRuntime, LocalRuntimeOptions
 from agent.runtime.volumes.spec import MountRequest
 from agent.secrets import CONTAINER_DIR, mount_secrets, secret_files, unmount_secrets
 from api import Network, Task
-from api.objects import SECOND, HealthConfig, MountType, NodeDescription
+from api.logs import LogLine, LogOptions
+from api.objects import SECOND, HealthConfig, MountType, NodeDescription, PortProtocol, PublishMode
 from api.peers import Peers
-from overlay.cluster import network_config, task_attachments
+from overlay.cluster import ensure_network, task_attachments
 from overlay.dns import EmbeddedDNS
 from overlay.driver import OverlayConfig, OverlayDriver
 from scheduler.from_api import task_container_name
@@ -189,10 +199,7 @@ class RuncExecutor:
                 raise ExecutorError(task.meta.id, f"network {att.network_id} was not sent with the task")
             # Tasks are prepared concurrently: the first one on a network creates it here, the others wait.
             async with self._networks_lock:
-                try:
-                    ctl.network(net.meta.id)
-                except NetworkNotFound:
-                    await ctl.create_network(network_config(net))
+                await ensure_network(ctl, net)
         etc_dir = self.runtime.root / "netetc" / task.meta.id
         first = attachments[0] if attachments else None
         sandbox = await ctl.create_sandbox(
@@ -203,12 +210,19 @@ class RuncExecutor:
                 hostname=task.spec.container.hostname or task.meta.id[:12],
                 ip=first.ip if first else "",
                 etc_dir=str(etc_dir),
+                publish=host_ports(task),
             )
         )
         for att in attachments[1:]:
             await ctl.connect(task.meta.id, att.network_id, ip=att.ip)
         files = ctl.etc_files(task.meta.id).write(etc_dir)
         return sandbox.runtime_mode, sorted(files.items())
+
+    async def _release_network(self, task_id: str) -> None:
+        """The task's container has stopped: its sandbox goes (see the module docstring). Shielded, since
+        the controller cancels a pending ``wait`` when something else happens at the same moment, and a
+        sandbox half removed would leave its veth on the network's bridge."""
+        await asyncio.shield(self._drop_sandbox(task_id))
 
     async def _drop_sandbox(self, task_id: str) -> None:
         if self.network is None:
@@ -267,6 +281,7 @@ class RuncExecutor:
             code = await runtime.wait(cid)
         except ContainerNotFound:
             raise TaskNotFound(task.meta.id) from None
+        await self._release_network(task.meta.id)
         record = runtime.containers.inspect(cid)
         message = "OOM killed" if record.state.oom_killed else f"exit code {code}"
         return ExitStatus(exit_code=code, message=message)
@@ -283,6 +298,7 @@ class RuncExecutor:
             return
         except ContainerRuntimeError as e:
             raise ExecutorError(task.meta.id, str(e)) from None
+        await self._release_network(task.meta.id)
 
     async def remove(self, task_id: str) -> None:
         runtime = await self._open()
@@ -315,6 +331,28 @@ class RuncExecutor:
         except ContainerRuntimeError as e:
             raise ExecutorError(task.meta.id, str(e)) from None
 
+    async def logs(self, task: Task, options: LogOptions) -> AsyncIterator[LogLine]:
+        runtime = await self._open()
+        cid = self._container_of(task.meta.id)
+        if cid is None:
+            return  # not created (yet), or removed: nothing was written
+        wanted = LogFilter(
+            stdout=options.stdout,
+            stderr=options.stderr,
+            since_ns=options.since_ns,
+            tail=options.tail if options.tail >= 0 else None,
+        )
+        try:
+            if options.follow:
+                async for entry in runtime.containers.follow(cid, wanted):
+                    yield _log_line(entry)
+            else:
+                # A whole log file may be large: read it off the event loop.
+                for entry in await asyncio.to_thread(runtime.containers.logs, cid, wanted):
+                    yield _log_line(entry)
+        except ContainerNotFound:
+            return  # removed while being read
+
     async def close(self) -> None:
         if self._opened:
             if self._network_dir is not None and self.network is not None:
@@ -327,6 +365,22 @@ class RuncExecutor:
                 self.overlay = None
             await self.runtime.close()
             self._opened = False
+
+
+def _log_line(entry: LogEntry) -> LogLine:
+    text = entry.message.decode(errors="replace")
+    return LogLine(entry.stream, entry.time_ns, text[:-1] if text.endswith("\n") else text)
+
+
+def host_ports(task: Task) -> tuple[str, ...]:
+    """The task's ports published in host mode, as ``-p`` specifications (no number: any free port)."""
+    out = []
+    for port in task.endpoint.ports:
+        if port.publish_mode is not PublishMode.HOST or port.protocol is PortProtocol.SCTP:
+            continue
+        published = f"{port.published_port}:" if port.published_port else ""
+        out.append(f"{published}{port.target_port}/{port.protocol.value}")
+    return tuple(out)
 
 
 def _drop_secrets(task_id: str) -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from api.objects import EndpointMode, Task
+from api.objects import EndpointMode, Network, PortConfig, Task
 
 
 @dataclass(frozen=True)
 class PeerEndpoint:
-    """One task's place on an overlay network, as every host on that network must know it."""
+    """One task's place on an overlay network, as every host on that network must know it.
+
+    On the ingress network a node's own place (its routing mesh) is an endpoint too, without ``task_id``.
+    """
 
     task_id: str = ""
     service_id: str = ""
@@ -43,6 +46,8 @@ class PeerService:
     virtual_ip: str = ""
     #: Network-scoped aliases of the service (``--network name=N,alias=A``): resolve like its name.
     aliases: tuple[str, ...] = ()
+    #: On the ingress network: the ports the service publishes through the routing mesh (ingress mode).
+    ports: tuple[PortConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class NetworkPeers:
     network_id: str = ""
     endpoints: tuple[PeerEndpoint, ...] = ()
     services: tuple[PeerService, ...] = ()
+    #: The network itself, for the ingress network only: every node builds it, tasks there or not.
+    network: Network | None = None
 
 
 @dataclass(frozen=True)

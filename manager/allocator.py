@@ -5,6 +5,12 @@ over (so a new leader knows everything that is taken) and then asks it for resou
 created, and gives them back as objects go. As in SwarmKit, VNIs start at 4096, automatic subnets are /24s
 carved from 10.0.0.0/8 that overlap no subnet in use, the gateway is a subnet's first address, and
 published ports without a number get one from 30000-32767.
+
+Ports published in ingress mode (the routing mesh) answer on every node, so each number is the cluster's
+once. Ports in host mode are only the node's own: the scheduler keeps two tasks wanting one host port
+apart, and one without a number gets a free port from its node. Tasks of a service with ingress ports
+join the ingress network besides their own, and so does every node (its routing mesh needs an address
+there to send connections to the service's tasks on other nodes and get the replies back).
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from api import Network, Service, Task
-from api.objects import Endpoint, IPAMConfig, NetworkAttachment, NetworkStatus, PortConfig
+from api import Network, Node, Service, Task
+from api.objects import Endpoint, IPAMConfig, NetworkAttachment, NetworkStatus, PortConfig, PublishMode
 from manager.errors import ManagerError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -68,10 +74,19 @@ class Allocator:
         self.subnets: list[IPNetwork] = []
         self.pools: dict[str, list[_Pool]] = {}
         self.ports: set[tuple[str, int]] = set()
+        #: node id → its address on the ingress network.
+        self.nodes: dict[str, str] = {}
+        #: What networks and services hold, by id, to give it back when they are removed.
+        self.networks: dict[str, Network] = {}
+        self.services: dict[str, Service] = {}
 
     @classmethod
     def from_objects(
-        cls, networks: Iterable[Network], services: Iterable[Service], tasks: Iterable[Task]
+        cls,
+        networks: Iterable[Network],
+        services: Iterable[Service],
+        tasks: Iterable[Task],
+        nodes: Iterable[Node] = (),
     ) -> Allocator:
         """An allocator that knows every resource the given objects hold."""
         alloc = cls()
@@ -79,14 +94,21 @@ class Allocator:
             if net.status.vni:
                 alloc._adopt_network(net)
         for svc in services:
+            alloc.services[svc.meta.id] = svc
             for port in svc.status.endpoint.ports:
-                alloc.ports.add((port.protocol.value, port.published_port))
+                if port.publish_mode is PublishMode.INGRESS:
+                    alloc.ports.add((port.protocol.value, port.published_port))
             for net_id, vip in svc.status.endpoint.virtual_ips.items():
                 alloc._take(net_id, vip)
         for task in tasks:
             for att in task.networks:
                 for addr in att.addresses:
                     alloc._take(att.network_id, addr)
+        for node in nodes:
+            for att in node.attachments:
+                for addr in att.addresses:
+                    alloc._take(att.network_id, addr)
+                    alloc.nodes[node.meta.id] = addr
         return alloc
 
     # --- networks -----------------------------------------------------------------------------------
@@ -112,6 +134,7 @@ class Allocator:
     def release_network(self, net: Network) -> None:
         """Give back a removed network's VNI and subnets."""
         self.vnis.discard(net.status.vni)
+        self.networks.pop(net.meta.id, None)
         for cfg in net.status.ipam:
             subnet = ipaddress.ip_network(cfg.subnet)
             self.subnets = [s for s in self.subnets if s != subnet]
@@ -125,6 +148,7 @@ class Allocator:
 
     def _adopt_network(self, net: Network) -> None:
         self.vnis.add(net.status.vni)
+        self.networks[net.meta.id] = net
         pools = []
         for cfg in net.status.ipam:
             subnet = ipaddress.ip_network(cfg.subnet)
@@ -166,18 +190,49 @@ class Allocator:
             pool.taken.discard(addr)
 
     def attach_task(self, task: Task, networks: dict[str, Network]) -> Task:
-        """The task with one address on each network its spec names (``networks``: by id and by name)."""
-        attachments = []
-        for cfg in task.spec.networks:
-            net = networks.get(cfg.target)
-            if net is None:
-                raise AllocationError(f"network {cfg.target} not found")
-            attachments.append(
-                NetworkAttachment(
-                    network_id=net.meta.id, addresses=(self.allocate_address(net),), aliases=cfg.aliases
+        """The task with one address on each network its spec names (``networks``: by id and by name),
+        and on the ingress network last when its service publishes ports there (``task.endpoint``)."""
+        attachments: list[NetworkAttachment] = []
+        try:
+            for cfg in task.spec.networks:
+                net = networks.get(cfg.target)
+                if net is None:
+                    raise AllocationError(f"network {cfg.target} not found")
+                attachments.append(
+                    NetworkAttachment(
+                        network_id=net.meta.id, addresses=(self.allocate_address(net),), aliases=cfg.aliases
+                    )
                 )
-            )
+            if any(p.publish_mode is PublishMode.INGRESS for p in task.endpoint.ports):
+                ingress = ingress_network(networks)
+                if ingress is None:
+                    raise AllocationError("the ingress network does not exist yet")
+                if all(a.network_id != ingress.meta.id for a in attachments):
+                    attachments.append(
+                        NetworkAttachment(
+                            network_id=ingress.meta.id, addresses=(self.allocate_address(ingress),)
+                        )
+                    )
+        except AllocationError:
+            self.release_task(replace(task, networks=tuple(attachments)))
+            raise
         return replace(task, networks=tuple(attachments))
+
+    def allocate_node(self, node: Node, ingress: Network) -> Node:
+        """The node with its address on the ingress network (the one it has, or a new one)."""
+        current = next((a for a in node.attachments if a.network_id == ingress.meta.id), None)
+        if current is not None and current.addresses:
+            return node
+        addr = self.nodes.get(node.meta.id) or self.allocate_address(ingress)
+        self.nodes[node.meta.id] = addr
+        others = tuple(a for a in node.attachments if a.network_id != ingress.meta.id)
+        return replace(node, attachments=(*others, NetworkAttachment(ingress.meta.id, (addr,))))
+
+    def release_node(self, node_id: str, ingress: Network | None) -> None:
+        """Give back the ingress address of a removed node."""
+        addr = self.nodes.pop(node_id, None)
+        if addr is not None and ingress is not None:
+            self.release_address(ingress.meta.id, addr)
 
     def release_task(self, task: Task) -> None:
         """Give back a task's addresses."""
@@ -193,6 +248,9 @@ class Allocator:
         ports: list[PortConfig] = []
         for port in svc.spec.endpoint.ports:
             number = port.published_port
+            if port.publish_mode is PublishMode.HOST:
+                ports.append(port)  # the node's own port (0: the node picks one)
+                continue
             existing = next(
                 (
                     p
@@ -211,20 +269,29 @@ class Allocator:
                 )
             self.ports.add((port.protocol.value, number))
             ports.append(replace(port, published_port=number))
+        kept = {(p.protocol.value, p.published_port) for p in ports if p.publish_mode is PublishMode.INGRESS}
+        for old in svc.status.endpoint.ports:
+            key = (old.protocol.value, old.published_port)
+            if old.publish_mode is PublishMode.INGRESS and key not in kept:
+                self.ports.discard(key)  # unpublished by an update
         vips = dict(svc.status.endpoint.virtual_ips)
         if svc.spec.endpoint.mode is EndpointMode.VIP:
             for cfg in svc.spec.task.networks:
                 net = networks.get(cfg.target)
                 if net is not None and net.meta.id not in vips:
                     vips[net.meta.id] = self.allocate_address(net)
-        return replace(
+        allocated = replace(
             svc, status=replace(svc.status, endpoint=Endpoint(ports=tuple(ports), virtual_ips=vips))
         )
+        self.services[svc.meta.id] = allocated
+        return allocated
 
     def release_service(self, svc: Service) -> None:
         """Give back a removed service's ports and VIPs."""
+        self.services.pop(svc.meta.id, None)
         for port in svc.status.endpoint.ports:
-            self.ports.discard((port.protocol.value, port.published_port))
+            if port.publish_mode is PublishMode.INGRESS:
+                self.ports.discard((port.protocol.value, port.published_port))
         for net_id, vip in svc.status.endpoint.virtual_ips.items():
             self.release_address(net_id, vip)
 
@@ -233,3 +300,14 @@ class Allocator:
             if (protocol, number) not in self.ports:
                 return number
         raise AllocationError(f"no free {protocol} port left in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+
+
+def ingress_network(networks: Iterable[Network] | dict[str, Network]) -> Network | None:
+    """The ingress network among ``networks`` (a list, or a dict by id and name), if there is one."""
+    values = networks.values() if isinstance(networks, dict) else networks
+    return next((n for n in values if n.spec.ingress), None)
+
+
+def publishes_ingress(svc: Service) -> bool:
+    """Whether the service publishes a port through the routing mesh."""
+    return any(p.publish_mode is PublishMode.INGRESS for p in svc.spec.endpoint.ports)

@@ -60,8 +60,10 @@ class ManagerConfig:
     #: host:port agents and other managers reach this manager at ("" : the listen address if specific).
     advertise: str = ""
     manager_id: str = field(default_factory=new_id)
-    #: Election lease TTL in seconds: a dead leader is replaced within this.
-    election_ttl: float = 5.0
+    #: Election lease TTL in seconds: a dead leader is replaced within this (plus up to a second, as etcd
+    #: rounds leases to whole seconds). 2 s keeps failover under 3 s; a leader that cannot renew its lease
+    #: for 2 s steps down, which only costs a new election.
+    election_ttl: float = 2.0
     #: Where this manager keeps its own files (the secrets key, its certificate), readable by root only.
     state_dir: str = "/var/lib/shoal/manager"
     #: Further host names or IP addresses for this manager's certificate (clients check the host they dial).
@@ -132,6 +134,9 @@ class Manager:
         assert self.election is not None and self.store is not None
         while True:
             await self.election.campaign()
+            # Decide nothing on a view older than the moment of winning: the previous leader's last writes
+            # (tasks it created) must be in the cache, or they would be created again.
+            await self.store.wait_for(self.election.revision)
             log.info("manager %s is the leader", self.config.manager_id)
             self.leading.set()
             self.leader = Leader(self.store)

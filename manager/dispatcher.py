@@ -35,6 +35,7 @@ from aiohttp import WSMsgType, web
 
 from api import Cluster, Network, Node, Secret, Task, TaskState, new_id
 from api.errors import CodecError
+from api.logs import LogsBatch, LogsEnd
 from api.objects import SECOND, NodeState, NodeStatus
 from api.peers import Peers
 from api.session import (
@@ -42,6 +43,7 @@ from api.session import (
     Assignments,
     Error,
     ErrorCode,
+    Frame,
     Heartbeat,
     Register,
     Registered,
@@ -51,6 +53,7 @@ from api.session import (
 )
 from kvstore_adapters import KVError
 from manager.errors import Conflict, ManagerError
+from manager.logs import LOGS, LogRouter
 from manager.nodes import GRACE_PERIODS, heartbeat_period
 from manager.peers import PeerIndex, PeerSession
 from manager.session_keys import SessionKeys, SessionUnavailable
@@ -116,6 +119,8 @@ class _Session:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
     closing: bool = False
+    #: How long the agent had been silent when the session ended for that (0: it ended otherwise).
+    silent_for: float = 0.0
     #: The overlay networks' versions sent in ``peers`` frames (manager/peers.py).
     peers: PeerSession = field(default_factory=PeerSession)
 
@@ -143,6 +148,10 @@ class Dispatcher:
         self._lease_ttl = lease_ttl
         self.status = StatusWriter(store, interval=status_interval)
         self.peers = PeerIndex(store)
+        #: Log subscriptions on these sessions (manager/logs.py; the API's log requests use them).
+        self.logs = LogRouter(
+            self.send, lambda node_id: getattr(self._sessions.get(node_id), "id", ""), self.manager_id
+        )
         #: This manager's lease and the session keys on it; ``keys.addr`` is the address agents reach it
         #: at, learnt from the first session's Host header when not given.
         self.keys = SessionKeys(
@@ -178,6 +187,7 @@ class Dispatcher:
     def mount(self, app: web.Application) -> None:
         """Serve sessions on ``app``; the dispatcher starts and stops with it."""
         app.router.add_get(SESSION_PATH, self.handle)
+        app[LOGS] = self.logs
         app.cleanup_ctx.append(self._app_context)
         app.on_shutdown.append(self._on_shutdown)
 
@@ -204,6 +214,7 @@ class Dispatcher:
         if not self._started:
             return
         self._started = False
+        self.logs.close()
         await self.close_sessions()
         await self.status.stop()
         await _cancel(self._follower)
@@ -345,6 +356,7 @@ class Dispatcher:
                 msg = await ws.receive(timeout=self.grace)
             except TimeoutError:
                 log.info("node %s missed its heartbeats; ending its session", s.node_id)
+                s.silent_for = self.grace
                 return
             if msg.type is not WSMsgType.BINARY:
                 return  # closed, closing or broken
@@ -359,9 +371,22 @@ class Dispatcher:
             elif isinstance(frame, StatusReport):
                 for u in frame.updates:
                     self.status.submit(s.node_id, u.task_id, u.status)
+            elif isinstance(frame, LogsBatch | LogsEnd):
+                self.logs.on_frame(s.node_id, frame)
             else:
                 await self._end(s, Error(f"unexpected {type(frame).__name__} frame", ErrorCode.PROTOCOL))
                 return
+
+    async def send(self, node_id: str, frame: Frame) -> bool:
+        """Send a frame on the node's session here, beside its writer (log requests); False if none."""
+        s = self._sessions.get(node_id)
+        if s is None or s.closing:
+            return False
+        try:
+            await s.ws.send_bytes(encode_frame(frame))
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     def _stale(self, node_id: str, session_id: str) -> None:
         s = self._sessions.get(node_id)
@@ -395,9 +420,10 @@ class Dispatcher:
         if self._sessions.get(s.node_id) is s:
             del self._sessions[s.node_id]
         await _cancel(s.writer)
+        self.logs.session_ended(s.node_id, s.id)
         if s.node_id not in self._sessions:
             self.peers.unwatch(s.node_id)
-        await self.keys.release(s.node_id, s.id)
+        await self.keys.release(s.node_id, s.id, silent_for=s.silent_for)
         log.debug("session %s of node %s ended", s.id, s.node_id)
 
     # --- assignments out --------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from api import Cluster, Network, Node, Service, Task, TaskState, utcnow
-from api.objects import ServiceMode, UpdateState
-from manager.allocator import AllocationError, Allocator
+from api import Cluster, Network, Node, Service, Task, TaskState, new_id, utcnow
+from api.objects import Annotations, Endpoint, Meta, NetworkSpec, ServiceMode, UpdateState
+from manager.allocator import AllocationError, Allocator, ingress_network, publishes_ingress
 from manager.errors import AlreadyExists, Conflict
 from manager.orchestrator.global_ import reconcile_global
 from manager.orchestrator.plan import Plan
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Operations per store transaction (etcd refuses more than 128 by default).
 BATCH = 100
+#: The routing mesh's network, made when a service first publishes a port in ingress mode (as Docker's).
+INGRESS_NAME = "ingress"
 
 
 class Leader:
@@ -64,7 +66,10 @@ class Leader:
     async def run(self) -> None:
         """Reconcile until cancelled."""
         self.allocator = Allocator.from_objects(
-            self.store.objects(Network), self.store.objects(Service), self.store.objects(Task)
+            self.store.objects(Network),
+            self.store.objects(Service),
+            self.store.objects(Task),
+            self.store.objects(Node),
         )
         follower = asyncio.create_task(self._follow(), name="leader-follow")
         try:
@@ -137,10 +142,16 @@ class Leader:
         writes: list[Write] = []
         nodes = {n.meta.id: n for n in store.objects(Node)}
         networks = self._networks()
+        self._release_removed(networks)
+        writes += self._ensure_ingress(networks)
         writes += self._allocate_networks(networks)
+        # Nodes are written on their own: they change under agents' registrations, and a conflict there
+        # must not hold back the tasks.
+        await self._write(self._allocate_nodes(nodes, networks))
         history = self._history_limit()
         created: list[Task] = []
         updated: dict[str, Task] = {}
+        services: dict[str, Service] = {}
         for service_id in dirty:
             svc = store.get(Service, service_id)
             tasks = store.tasks_of_service(service_id)
@@ -153,14 +164,17 @@ class Leader:
             allocated = self._allocate_service(new_svc or svc, networks)
             if allocated is not None:
                 new_svc = allocated
+            services[service_id] = new_svc or svc
             if new_svc is not None:
                 writes.append(Update(new_svc))
             created += plan.create
             for t in plan.update:
                 updated[t.meta.id] = t
+            for t in plan.delete:  # history trimmed: the tasks' addresses are free again
+                self.allocator.release_task(t)
             writes += [Remove(t) for t in plan.delete]
 
-        ready = self._allocate_tasks(created, updated, networks)
+        ready = self._allocate_tasks(created, updated, networks, services)
         ready += self._schedule(nodes, ready, updated)
         writes += [Create(t) for t in ready if t.meta.version == 0]
         writes += [Update(t) for t in ready if t.meta.version != 0]
@@ -230,6 +244,58 @@ class Leader:
             writes.append(Update(allocated))
         return writes
 
+    def _release_removed(self, networks: dict[str, Network]) -> None:
+        """Give back what removed networks and services held (subnets, VNIs, published ports, VIPs)."""
+        for network_id in [n for n in self.allocator.networks if n not in networks]:
+            self.allocator.release_network(self.allocator.networks[network_id])
+        for service_id in [s for s in self.allocator.services if self.store.get(Service, s) is None]:
+            self.allocator.release_service(self.allocator.services[service_id])
+
+    def _ensure_ingress(self, networks: dict[str, Network]) -> list[Write]:
+        """Create the ingress network once a service publishes a port through the routing mesh."""
+        if ingress_network(networks) is not None:
+            return []
+        if not any(publishes_ingress(s) for s in self.store.objects(Service)):
+            return []
+        if INGRESS_NAME in networks:
+            log.warning("a network named %s is in the way of the routing mesh's network", INGRESS_NAME)
+            return []
+        now = utcnow()
+        net = Network(
+            meta=Meta(id=new_id(), created_at=now, updated_at=now),
+            spec=NetworkSpec(
+                annotations=Annotations(name=INGRESS_NAME, labels={"com.docker.swarm.internal": "true"}),
+                driver="overlay",
+                ingress=True,
+            ),
+        )
+        try:
+            net = self.allocator.allocate_network(net)
+        except AllocationError as e:
+            log.warning("ingress network: %s", e)
+            return []
+        networks[net.meta.id] = networks[INGRESS_NAME] = net
+        return [Create(net)]
+
+    def _allocate_nodes(self, nodes: dict[str, Node], networks: dict[str, Network]) -> list[Write]:
+        """Every node gets its address on the ingress network; removed nodes give theirs back."""
+        ingress = ingress_network(networks)
+        for node_id in [n for n in self.allocator.nodes if n not in nodes]:
+            self.allocator.release_node(node_id, ingress)
+        if ingress is None or not ingress.status.vni:
+            return []
+        writes: list[Write] = []
+        for node_id, node in nodes.items():
+            try:
+                allocated = self.allocator.allocate_node(node, ingress)
+            except AllocationError as e:
+                log.warning("node %s on the ingress network: %s", node_id, e)
+                continue
+            if allocated is not node:
+                nodes[node_id] = allocated
+                writes.append(Update(allocated))
+        return writes
+
     def _allocate_service(self, svc: Service, networks: dict[str, Network]) -> Service | None:
         try:
             allocated = self.allocator.allocate_service(svc, networks)
@@ -239,9 +305,14 @@ class Leader:
         return allocated if allocated.status != svc.status else None
 
     def _allocate_tasks(
-        self, created: list[Task], updated: dict[str, Task], networks: dict[str, Network]
+        self,
+        created: list[Task],
+        updated: dict[str, Task],
+        networks: dict[str, Network],
+        services: dict[str, Service],
     ) -> list[Task]:
-        """New tasks (and NEW ones from the store) with addresses, moved to PENDING."""
+        """New tasks (and NEW ones from the store) with their service's published ports and addresses,
+        moved to PENDING."""
         fresh = list(created)
         fresh += [
             t
@@ -252,6 +323,10 @@ class Leader:
         for t in fresh:
             if t.desired_state > TaskState.RUNNING:
                 continue
+            svc = services.get(t.service_id) or self.store.get(Service, t.service_id)
+            if svc is not None:
+                # The scheduler keeps host ports apart by these, the agent publishes them.
+                t = replace(t, endpoint=Endpoint(ports=svc.status.endpoint.ports))
             try:
                 t = self.allocator.attach_task(t, networks)
             except AllocationError as e:

@@ -37,7 +37,7 @@ from manager.daemon import Manager, ManagerConfig
 @click.option(
     "--state-dir", default="/var/lib/shoal/manager", show_default=True, help="This manager's own files."
 )
-@click.option("--election-ttl", default=5.0, show_default=True, help="Leader lease TTL in seconds.")
+@click.option("--election-ttl", default=2.0, show_default=True, help="Leader lease TTL in seconds.")
 @click.option(
     "--tls-san",
     "cert_names",

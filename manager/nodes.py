@@ -61,13 +61,19 @@ def manager_key(manager_id: str) -> str:
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """What a session key holds: which manager serves the node, and since when (wall-clock seconds)."""
+    """What a session key holds: which manager serves the node, and since when (wall-clock seconds).
+
+    ``silent_for`` > 0 marks a session that ended because the agent fell silent: its manager writes
+    this just before deleting the key, so the leader counts the node absent since it was last heard
+    from (``silent_for`` seconds ago) rather than since the key vanished — a grace period earlier.
+    """
 
     node_id: str
     manager_id: str
     session_id: str
     manager_addr: str = ""
     since: float = 0.0
+    silent_for: float = 0.0
 
     def encode(self) -> bytes:
         packed: bytes = msgpack.packb(
@@ -77,6 +83,7 @@ class SessionRecord:
                 "session_id": self.session_id,
                 "manager_addr": self.manager_addr,
                 "since": self.since,
+                "silent_for": self.silent_for,
             },
             use_bin_type=True,
         )
@@ -93,6 +100,7 @@ class SessionRecord:
                 session_id=str(raw["session_id"]),
                 manager_addr=str(raw.get("manager_addr", "")),
                 since=float(raw.get("since", 0.0)),
+                silent_for=float(raw.get("silent_for", 0.0)),
             )
         except Exception:
             return None
@@ -143,16 +151,29 @@ class NodeLiveness:
     async def _load(self) -> int:
         revision = await self.kv.revision()
         present: dict[str, SessionRecord | None] = {}
+        silent: dict[str, SessionRecord] = {}
         async for kv in self.kv.iter_prefix(SESSIONS_PREFIX):
-            present[kv.key[len(SESSIONS_PREFIX) :]] = SessionRecord.decode(kv.value)
+            record = SessionRecord.decode(kv.value)
+            if record is not None and record.silent_for > 0:
+                silent[kv.key[len(SESSIONS_PREFIX) :]] = record
+            else:
+                present[kv.key[len(SESSIONS_PREFIX) :]] = record
         now = self.clock()
         for node_id in set(self.sessions) - set(present):
             self._absent[node_id] = now
         for node_id in present:
             self._absent.pop(node_id, None)
         self.sessions = present
+        for node_id, record in silent.items():
+            self._went_silent(node_id, record)
         self.changed.set()
         return revision
+
+    def _went_silent(self, node_id: str, record: SessionRecord) -> None:
+        """The node's session ended for silence: absent since it was last heard from."""
+        self.sessions.pop(node_id, None)
+        since = self.clock() - record.silent_for
+        self._absent[node_id] = min(self._absent.get(node_id, since), since)
 
     async def _follow(self, revision: int) -> None:
         while True:
@@ -161,11 +182,14 @@ class NodeLiveness:
                     async for ev in events:
                         revision = ev.revision
                         node_id = ev.key[len(SESSIONS_PREFIX) :]
-                        if ev.type is EventType.PUT:
-                            self.sessions[node_id] = SessionRecord.decode(ev.value)
+                        record = SessionRecord.decode(ev.value) if ev.type is EventType.PUT else None
+                        if record is not None and record.silent_for > 0:
+                            self._went_silent(node_id, record)
+                        elif ev.type is EventType.PUT:
+                            self.sessions[node_id] = record
                             self._absent.pop(node_id, None)
-                        else:
-                            self.sessions.pop(node_id, None)
+                        elif node_id in self.sessions:
+                            del self.sessions[node_id]
                             self._absent[node_id] = self.clock()
                         self.changed.set()
             except CompactedError:

@@ -12,6 +12,10 @@ dispatcher's writer wakes it calls :meth:`PeerIndex.frame`, which sends the whol
 version moved (built once per version and shared by every session) and the networks the node stopped
 using. The first frame of a session is ``full``: every network the node uses, replacing what the agent
 had. The index also knows which nodes watch which network, so a change wakes only their sessions.
+
+The ingress network (the routing mesh's) is every node's: each one gets its peers, tasks there or not,
+with the network itself (to build it), every node's own address there as an endpoint without a task, and
+each service's ports published in ingress mode.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api import Network, Node, Service, Task, TaskState
-from api.objects import EndpointMode
+from api.objects import EndpointMode, PortConfig, PublishMode
 from api.peers import NetworkPeers, PeerEndpoint, Peers, PeerService, task_container_name
 from manager.store import Change, ObjectStore
 
@@ -71,7 +75,19 @@ def _service_view(service: Service | None) -> Any:
         service.spec.endpoint.mode,
         tuple(sorted(service.status.endpoint.virtual_ips.items())),
         tuple((n.target, n.aliases) for n in service.spec.task.networks),
+        _mesh_ports(service),
     )
+
+
+def _mesh_ports(service: Service) -> tuple[PortConfig, ...]:
+    return tuple(p for p in service.status.endpoint.ports if p.publish_mode is PublishMode.INGRESS)
+
+
+def _node_view(node: Node | None) -> Any:
+    """What of a node goes into peers frames: its address and its own places on networks."""
+    if node is None:
+        return None
+    return host_of(node.status.addr), node.attachments
 
 
 @dataclass
@@ -129,9 +145,17 @@ class PeerIndex:
         if change.kind == "services":
             return self._on_service(change.old, change.new)
         old, new = change.old, change.new
-        if change.kind == "nodes" and old and new and host_of(old.status.addr) != host_of(new.status.addr):
-            tasks = self.store.tasks_on_node(new.meta.id)
-            return self._bump(a.network_id for t in tasks if is_endpoint(t) for a in t.networks)
+        if change.kind == "nodes" and _node_view(old) != _node_view(new):
+            node = new or old
+            networks = {a.network_id for n in (old, new) if n is not None for a in n.attachments}
+            if old is not None and new is not None and host_of(old.status.addr) != host_of(new.status.addr):
+                tasks = self.store.tasks_on_node(node.meta.id)
+                networks.update(a.network_id for t in tasks if is_endpoint(t) for a in t.networks)
+            return self._bump(networks)
+        if change.kind == "networks" and new is not None and new.spec.ingress:
+            # Every node takes part in the ingress network, tasks there or not: wake every session.
+            self.watchers.setdefault(new.meta.id, set()).update(self._watching)
+            return self._bump({new.meta.id})
         if change.kind == "networks" and change.action == "delete":
             network_id = change.old.meta.id
             if self._members is not None:
@@ -160,6 +184,8 @@ class PeerIndex:
         service = new or old
         assert service is not None
         networks = {n for s in (old, new) if s is not None for n in s.status.endpoint.virtual_ips}
+        if any(_mesh_ports(s) for s in (old, new) if s is not None):
+            networks.update(n.meta.id for n in self.store.objects(Network) if n.spec.ingress)
         for task in self.store.tasks_of_service(service.meta.id):
             if is_endpoint(task):
                 networks.update(a.network_id for a in task.networks)
@@ -174,6 +200,7 @@ class PeerIndex:
             return built
         store = self.store
         network = store.get(Network, network_id)
+        ingress = network is not None and network.spec.ingress
         endpoints: list[PeerEndpoint] = []
         services: dict[str, Service] = {}
         for task_id in sorted(self._index().get(network_id, ())):
@@ -191,7 +218,8 @@ class PeerIndex:
                     node_id=task.node_id,
                     node_addr=host_of(node.status.addr) if node is not None else "",
                     addresses=attachment.addresses,
-                    name=task_container_name(task),
+                    # Tasks answer to their names on their own networks, not on the mesh's.
+                    name="" if ingress else task_container_name(task),
                     serving=is_serving(task),
                 )
             )
@@ -199,12 +227,24 @@ class PeerIndex:
             if service is not None:
                 services[service.meta.id] = service
         for service in store.objects(Service):
-            if network_id in service.status.endpoint.virtual_ips:
+            if network_id in service.status.endpoint.virtual_ips or (ingress and _mesh_ports(service)):
                 services[service.meta.id] = service
+        if ingress:
+            for node in store.objects(Node):
+                for attachment in node.attachments:
+                    if attachment.network_id == network_id:
+                        endpoints.append(
+                            PeerEndpoint(
+                                node_id=node.meta.id,
+                                node_addr=host_of(node.status.addr),
+                                addresses=attachment.addresses,
+                            )
+                        )
         built = NetworkPeers(
             network_id=network_id,
             endpoints=tuple(endpoints),
             services=tuple(_peer_service(s, network_id, network) for _, s in sorted(services.items())),
+            network=network if ingress else None,
         )
         self._built[network_id] = built
         return built
@@ -213,7 +253,7 @@ class PeerIndex:
 
     def wanted(self, tasks: Iterable[Task]) -> set[str]:
         """The overlay networks a node with ``tasks`` needs peers of."""
-        out: set[str] = set()
+        out = {n.meta.id for n in self.store.objects(Network) if n.spec.ingress and n.status.vni}
         for task in tasks:
             if not is_endpoint(task):
                 continue
@@ -244,9 +284,11 @@ class PeerIndex:
         )
 
     def _watch(self, node_id: str, networks: set[str]) -> None:
-        before = self._watching.get(node_id, set())
-        if before == networks:
+        known = self._watching.get(node_id)
+        if known == networks:
             return
+        # Recorded even when it watches nothing: a new ingress network wakes every session (on_change).
+        before = known or set()
         for network_id in before - networks:
             self.watchers.get(network_id, set()).discard(node_id)
         for network_id in networks - before:
@@ -260,6 +302,9 @@ class PeerIndex:
 
 
 def _peer_service(service: Service, network_id: str, network: Network | None) -> PeerService:
+    if network is not None and network.spec.ingress:
+        # The mesh needs the ports; names on the ingress network would only shadow the service's own.
+        return PeerService(service_id=service.meta.id, ports=_mesh_ports(service))
     names = {network_id}
     if network is not None:
         names.add(network.spec.annotations.name)

@@ -115,8 +115,9 @@ class SessionKeys:
             value = msgpack.packb({"addr": self.addr, "manager_id": self.manager_id}, use_bin_type=True)
             await self.kv.put(manager_key(self.manager_id), value, lease=self._keeper.lease.id)
 
-    def _record(self, node_id: str, session_id: str) -> bytes:
-        return SessionRecord(node_id, self.manager_id, session_id, self.addr, time.time()).encode()
+    def _record(self, node_id: str, session_id: str, silent_for: float = 0.0) -> bytes:
+        record = SessionRecord(node_id, self.manager_id, session_id, self.addr, time.time(), silent_for)
+        return record.encode()
 
     async def put(self, node_id: str, session_id: str, *, timeout: float) -> int:
         """Say the node has a session here now; returns the write's revision. Raises SessionUnavailable."""
@@ -152,16 +153,31 @@ class SessionKeys:
         if result.succeeded:
             self._held[node_id] = (session_id, result.revision)
 
-    async def release(self, node_id: str, session_id: str) -> None:
-        """The node's session here ended: delete its key, unless someone else's key replaced it."""
+    async def release(self, node_id: str, session_id: str, *, silent_for: float = 0.0) -> None:
+        """The node's session here ended: delete its key, unless someone else's key replaced it.
+
+        ``silent_for``: the session ended because nothing came from the agent for that long; the key says
+        so before it goes (manager/nodes.py counts the node's absence from then, not from now).
+        """
         held = self._held.get(node_id)
         if held is None or held[0] != session_id:
             return
         del self._held[node_id]
         key = session_key(node_id)
+        revision = held[1]
+        keeper = self._keeper
+        if silent_for > 0 and keeper is not None:
+            with contextlib.suppress(KVError):
+                marked = await self.kv.txn(
+                    [Compare.at(key, revision)],
+                    [Put(key, self._record(node_id, session_id, silent_for), keeper.lease.id)],
+                )
+                if not marked.succeeded:
+                    return  # another manager's key replaced ours: the agent is alive elsewhere
+                revision = marked.revision
         for attempt in range(3):
             try:
-                await self.kv.txn([Compare.at(key, held[1])], [Delete(key)])
+                await self.kv.txn([Compare.at(key, revision)], [Delete(key)])
                 return
             except KVError as e:
                 if attempt == 2:

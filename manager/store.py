@@ -236,7 +236,10 @@ class ObjectStore:
         return list(self._objects[KIND_OF[tp]].values())
 
     def find_by_name(self, tp: type[T], name: str) -> T | None:
-        """The object whose ``spec.annotations.name`` is ``name`` (names are unique per kind)."""
+        """The object whose ``spec.annotations.name`` is ``name`` (names are unique per kind); None for
+        kinds without names (tasks)."""
+        if tp is Task:
+            return None
         for obj in self._objects[KIND_OF[tp]].values():
             if obj.spec.annotations.name == name:
                 found: T = obj

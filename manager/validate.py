@@ -18,6 +18,10 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 MAX_NAME = 63
 #: Docker refuses secrets larger than 500 KiB.
 MAX_SECRET_BYTES = 500 * 1024
+#: The most replicas one service may ask for. The leader creates a service's missing tasks in one pass,
+#: so an absurd count (a typo, a script gone wrong) would stall it for everyone; Docker has no limit,
+#: but no cluster of Shoal's size runs more tasks than this in one service.
+MAX_REPLICAS = 100_000
 
 
 def check_name(kind: str, name: str) -> None:
@@ -39,6 +43,8 @@ def check_service(spec: ServiceSpec) -> None:
         raise InvalidSpec("image", "a service needs an image")
     if spec.replicas < 0:
         raise InvalidSpec("replicas", "the number of replicas cannot be negative")
+    if spec.replicas > MAX_REPLICAS:
+        raise InvalidSpec("replicas", f"at most {MAX_REPLICAS:,} replicas per service, got {spec.replicas:,}")
     if spec.mode is ServiceMode.GLOBAL and spec.replicas not in (0, 1):
         raise InvalidSpec("replicas", "replicas can only be used with replicated mode")
     placement = spec.task.placement

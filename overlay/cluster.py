@@ -13,10 +13,15 @@ answers on every host alike; registered on one endpoint they would also answer w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from agent.network.errors import NetworkError, NetworkExists, NetworkNotFound
 from agent.network.model import IPAMPool, NetworkConfig
 from api.objects import Network, Task
 from overlay.driver import DRIVER, VNI_OPTIONS
+
+if TYPE_CHECKING:
+    from agent.network.controller import NetworkController
 
 
 def network_config(network: Network) -> NetworkConfig:
@@ -40,6 +45,37 @@ def network_config(network: Network) -> NetworkConfig:
         options=options,
         id=network.meta.id,
     )
+
+
+async def ensure_network(ctl: NetworkController, network: Network) -> None:
+    """Make the cluster network known to the host's controller, if it is not yet.
+
+    A network the cluster removed stays in the controller's state (its devices go with its last task);
+    one made again under the same name has another id, and the old record, unused, gives way to it.
+    """
+    try:
+        ctl.network(network.meta.id)
+        return
+    except NetworkNotFound:
+        pass
+    name = network.spec.annotations.name
+    for record in ctl.list_networks():
+        if (
+            record.name == name
+            and record.driver == network.spec.driver
+            and record.id != network.meta.id
+            and not ctl.state.users_of(record.id)
+        ):
+            try:
+                await ctl.remove_network(record.id)
+            except NetworkError:
+                break  # taken again meanwhile: creating the new one says why it cannot be
+    try:
+        await ctl.create_network(network_config(network))
+    except NetworkExists as exc:
+        if exc.owner != network.meta.id:
+            raise
+        # Made meanwhile by another caller (a task being prepared, the routing mesh): just as good.
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from agent.network.bridge import bridge_addresses
 from agent.network.driver import JoinInfo, NetworkDriver, SandboxRef
 from agent.network.errors import NetworkError
 from agent.network.model import EndpointRecord, NetworkRecord
+from agent.network.nft import Ruleset
 from api.peers import Peers
 from overlay import vxlan
 from overlay.errors import AdvertiseAddressError, InvalidOverlayConfig, OverlayError
@@ -103,6 +104,9 @@ class OverlayDriver(NetworkDriver):
 
     name = DRIVER
     local_ipam = False
+    #: Published ports (host mode) lead to the container's address on the gateway bridge, as Docker's
+    #: lead through ``docker_gwbridge``.
+    publishes_ports = True
 
     def __init__(self, controller: NetworkController, config: OverlayConfig) -> None:
         self.ctl = controller
@@ -118,6 +122,11 @@ class OverlayDriver(NetworkDriver):
         #: A full frame came: check every local container's VIP table, even one this process never loaded.
         self._recheck_vips = False
         self._syncer: asyncio.Task[None] | None = None
+        # Imported here: the mesh builds on overlay.cluster, which imports this module.
+        from overlay.ingress import RoutingMesh
+
+        #: The routing mesh (published ports on every host), fed by the ingress network's peers.
+        self.mesh = RoutingMesh(self)
 
     @classmethod
     def install(cls, controller: NetworkController, config: OverlayConfig) -> OverlayDriver:
@@ -309,6 +318,20 @@ class OverlayDriver(NetworkDriver):
         except NetworkError as exc:
             log.error("cannot reattach %s to its overlay: %s", endpoint.container_name, exc)
 
+    def firewall(self, network: NetworkRecord, endpoints: Sequence[EndpointRecord], rules: Ruleset) -> None:
+        """DNAT the ports the network's containers publish on the host to their gateway addresses."""
+        for endpoint in endpoints:
+            gateway = self.gateway.endpoint_of(endpoint.container_id) if endpoint.ports else None
+            if gateway is None or not gateway.ipv4:
+                continue
+            for b in endpoint.ports:
+                if b.host_ip and ":" in b.host_ip:
+                    continue
+                match = f"ip daddr {b.host_ip} " if b.host_ip else "meta nfproto ipv4 "
+                rules.publish.append(
+                    f"{match}{b.protocol} dport {b.host_port} dnat ip to {gateway.ipv4}:{b.container_port}"
+                )
+
     # --- who is where -----------------------------------------------------------------------------------
 
     def _overlays_of(self, container_id: str, *, leaving: str = "", external: bool = False) -> list[str]:
@@ -363,7 +386,9 @@ class OverlayDriver(NetworkDriver):
         while self._dirty:
             dirty, self._dirty = self._dirty, set()
             recheck, self._recheck_vips = self._recheck_vips, False
+            await self.mesh.prepare()
             async with self._lock:
+                await self.mesh.sync_locked()
                 await self._sync(dirty, recheck=recheck)
 
     async def _sync(self, networks: set[str], *, recheck: bool = False) -> None:

@@ -39,3 +39,11 @@ class LoadBalancerError(OverlayError):
         super().__init__(f"virtual IP rules for container {container[:12]}: {output.strip()}")
         self.container = container
         self.output = output
+
+
+class MeshError(OverlayError):
+    """``nft`` refused the routing mesh's table of the host (the one loaded before stays)."""
+
+    def __init__(self, output: str) -> None:
+        super().__init__(f"routing mesh rules: {output.strip()}")
+        self.output = output

@@ -116,6 +116,17 @@ class _Server:
         """Start the process and wait until it serves clients."""
         if self.running:
             return
+        self.launch()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (members of a cluster start together)."""
+        if self.running:
+            return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
@@ -131,11 +142,6 @@ class _Server:
             )
         finally:
             log.close()
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -264,6 +270,116 @@ class EtcdServer(_Server):
         except (OSError, urllib.error.URLError, ValueError):
             return False
         return str(body.get("health")) == "true"
+
+
+class EtcdMember(EtcdServer):
+    """One member of an :class:`EtcdCluster`: etcd's default timings (a member of three on a busy machine
+    must not call elections over a slow heartbeat)."""
+
+    def __init__(self, base_dir: Path, name: str) -> None:
+        super().__init__(base_dir)
+        self.name = name
+        self.initial_cluster = ""
+
+    def _command(self) -> list[str]:
+        client = f"http://{LOOPBACK}:{self.port}"
+        peer = f"http://{LOOPBACK}:{self.peer_port}"
+        return [
+            ETCD_BINARY,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client,
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", self.initial_cluster,
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", "shoal-test-cluster",
+            "--snapshot-count", "10000",
+            "--logger", "zap",
+            "--log-level", "warn",
+        ]  # fmt: skip
+
+    def member_status(self) -> dict[str, str]:
+        """This member's view (``/v3/maintenance/status``): its ``member_id`` and its ``leader``."""
+        url = f"http://{self.endpoint}/v3/maintenance/status"
+        req = urllib.request.Request(url, data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            body = json.loads(resp.read())
+        return {"member_id": str(body["header"]["member_id"]), "leader": str(body.get("leader", ""))}
+
+
+class EtcdCluster:
+    """Three (or ``size``) etcd members on loopback, started together; each one can be stopped, killed and
+    restarted on its ports and data directory, as a machine of the cluster going down and coming back.
+
+    Usage::
+
+        with EtcdCluster(tmp_path) as etcd:
+            url = etcd.url_with_prefix("test")   # etcd://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3/test
+            etcd.members[0].stop(); ...; etcd.members[0].start()
+    """
+
+    def __init__(self, base_dir: Path | str | None = None, size: int = 3) -> None:
+        self._own_dir = base_dir is None
+        self.dir = Path(base_dir if base_dir is not None else tempfile.mkdtemp(prefix="shoal-etcd-cluster-"))
+        self.members = [EtcdMember(self.dir / f"member{i}", f"member{i}") for i in range(size)]
+        initial = ",".join(f"{m.name}=http://{LOOPBACK}:{m.peer_port}" for m in self.members)
+        for m in self.members:
+            m.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> str:
+        """``host:port,host:port,…`` of every member's client port."""
+        return ",".join(m.endpoint for m in self.members)
+
+    def url_with_prefix(self, prefix: str) -> str:
+        """The store URL naming every member, under ``prefix``."""
+        return f"etcd://{self.endpoints}/{prefix}"
+
+    def start(self) -> None:
+        """Start every member and wait until each serves (which needs a quorum, hence all at once)."""
+        try:
+            for m in self.members:
+                m.launch()
+            for m in self.members:
+                m._wait_ready()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def leader(self) -> EtcdMember:
+        """The member that leads the raft group now (asked of any running member)."""
+        for m in self.members:
+            if not m.running:
+                continue
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                status = m.member_status()
+                for other in self.members:
+                    if other.running and other.member_status()["member_id"] == status["leader"]:
+                        return other
+        raise ServerError("no etcd member answers with a leader")
+
+    def cleanup(self) -> None:
+        """Stop every member (by PID) and remove the directory if this object created it."""
+        try:
+            for m in self.members:
+                m.stop()
+        finally:
+            if self._own_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
 
 
 class ZooKeeperServer(_Server):

@@ -43,6 +43,7 @@ class BridgeDriver(NetworkDriver):
     """Linux bridges in the host namespace ``netns`` (``None``: the agent's own)."""
 
     name = "bridge"
+    publishes_ports = True
 
     def __init__(self, netns: str | None = None, *, ip_forward: bool = True) -> None:
         self._netns = netns

@@ -52,6 +52,8 @@ class NetworkDriver(ABC):
     has_interfaces: ClassVar[bool] = True
     #: Networks of this driver need IP address management on this host.
     local_ipam: ClassVar[bool] = True
+    #: Containers on networks of this driver can publish ports (``-p``) on the host.
+    publishes_ports: ClassVar[bool] = False
 
     @abstractmethod
     async def create(self, network: NetworkRecord) -> None:

@@ -277,7 +277,7 @@ class SandboxManager:
         await netlink.loopback_up(record.netns)
         self._put_sandbox(record, undo)
         if network is not None:
-            if requests and (network.internal or network.driver != "bridge"):
+            if requests and (network.internal or not self.ctl.drivers[network.driver].publishes_ports):
                 raise InvalidNetworkConfig("-p", f"ports cannot be published on network {network.name}")
             await self._join(record, network, config.aliases, config.ip, config.ip6, requests, undo)
         await self.ctl.sync_firewall()

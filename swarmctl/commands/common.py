@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import click
 
 from api import Node, Task
+from api.objects import PortConfig, PublishMode
 from swarmctl import filters
 from swarmctl.errors import SwarmctlError
 from swarmctl.output import short_id
@@ -70,10 +71,15 @@ def task_rows(
                 "DesiredState": t.desired_state.value.capitalize(),
                 "CurrentState": f"{t.status.state.value.capitalize()} {since(t.status.timestamp).lower()}",
                 "Error": task_error(t),
-                "Ports": ", ".join(format_port(p) for p in t.status.ports),
+                "Ports": ", ".join(format_port(p) for p in t.status.ports or host_ports(t)),
             }
         )
     return rows
+
+
+def host_ports(t: Task) -> tuple[PortConfig, ...]:
+    """The ports a task publishes on its node (host mode), as its service gave them."""
+    return tuple(p for p in t.endpoint.ports if p.publish_mode is PublishMode.HOST and p.published_port)
 
 
 def task_filter_keys() -> list[str]:

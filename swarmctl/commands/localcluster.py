@@ -1,7 +1,8 @@
 """``swarmctl cluster up|down|status``: a whole cluster on this machine, for trying Shoal out.
 
 ``up`` starts an embedded etcd, a manager and ``--hosts`` agents, each host a network namespace on a private
-underlay (swarmctl/localcluster), optionally deploys a stack on it, and says what to try next. Running it
+underlay (swarmctl/localcluster), optionally deploys a stack on it, and says what to try next: among it,
+the URL of each port the stack publishes, once it answers on this machine's loopback address. Running it
 again while the cluster is up changes nothing. ``down`` removes everything ``up`` made. Root only.
 """
 
@@ -11,12 +12,16 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import click
 
 from swarmctl.commands.cluster import cluster
 from swarmctl.localcluster.cluster import LocalCluster, LocalClusterConfig, LocalClusterError
+from swarmctl.localcluster.forward import published_ports
 
 DEFAULT_DIR = "/var/lib/shoal/local"
 
@@ -30,10 +35,17 @@ dir_option = click.option(
 )
 
 
-def _local(base_dir: Path, hosts: int = 3) -> LocalCluster:
+def _local(
+    base_dir: Path,
+    hosts: int = 3,
+    prefix: str = "shoal",
+    subnet: str = "10.213.0.0/24",
+    forward_addr: str = "127.0.0.1",
+) -> LocalCluster:
     if os.geteuid() != 0:
         raise click.ClickException("a local cluster needs root (network namespaces, runc)")
-    return LocalCluster(LocalClusterConfig(base_dir=base_dir, hosts=hosts))
+    config = LocalClusterConfig(base_dir, hosts, prefix, subnet, forward_addr=forward_addr)
+    return LocalCluster(config)
 
 
 @cluster.command("up")
@@ -43,9 +55,29 @@ def _local(base_dir: Path, hosts: int = 3) -> LocalCluster:
 )
 @click.option("--stack-name", default="demo", show_default=True, help="Name of the deployed stack.")
 @dir_option
-def up(hosts: int, stack_file: str | None, stack_name: str, base_dir: Path) -> None:
+@click.option(
+    "--prefix", default="shoal", show_default=True, help="Names of the cluster's network namespaces start so."
+)
+@click.option(
+    "--subnet", default="10.213.0.0/24", show_default=True, help="The hosts' private underlay network."
+)
+@click.option(
+    "--publish-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Loopback address on which published ports answer on this machine ('' for none).",
+)
+def up(
+    hosts: int,
+    stack_file: str | None,
+    stack_name: str,
+    base_dir: Path,
+    prefix: str,
+    subnet: str,
+    publish_addr: str,
+) -> None:
     """Start a local cluster (and deploy a stack on it)."""
-    lc = _local(base_dir, hosts)
+    lc = _local(base_dir, hosts, prefix=prefix, subnet=subnet, forward_addr=publish_addr)
     try:
         asyncio.run(lc.up())
     except LocalClusterError as e:
@@ -69,9 +101,11 @@ def up(hosts: int, stack_file: str | None, stack_name: str, base_dir: Path) -> N
         )
         if done.returncode != 0:
             raise click.ClickException(f"the stack {stack_name} did not deploy (see above)")
+    urls = asyncio.run(_answering_urls(lc, stack_name)) if stack_file else []
     click.echo(
         f"\nThe local cluster is up: a manager and {hosts} agent hosts.\n"
-        f"  export SHOAL_HOST={host}\n"
+        + "".join(f"  curl {url}\n" for url in urls)
+        + f"  export SHOAL_HOST={host}\n"
         "  swarmctl node ls\n"
         + (
             f"  swarmctl stack services {stack_name}\n  swarmctl service ps {stack_name}_web\n"
@@ -80,6 +114,33 @@ def up(hosts: int, stack_file: str | None, stack_name: str, base_dir: Path) -> N
         )
         + f"Logs are in {base_dir / 'logs'}; `swarmctl cluster down` removes it all."
     )
+
+
+async def _answering_urls(lc: LocalCluster, stack: str, timeout: float = 60.0) -> list[str]:
+    """The URLs of the ports the stack publishes on this machine, once each answers (or says it does not)."""
+    addr = lc.config.forward_addr
+    if not addr:
+        return []
+    connector = aiohttp.UnixConnector(path=str(lc.config.socket))
+    async with aiohttp.ClientSession(connector=connector) as http, http.get("http://manager/services") as r:
+        services: list[dict[str, Any]] = await r.json()
+    mine = [s for s in services if s["spec"]["annotations"]["name"].startswith(f"{stack}_")]
+    urls = [f"http://{addr}:{port}/" for port in sorted(published_ports(mine))]
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for url in urls:
+            while True:
+                try:
+                    async with http.get(url) as answer:
+                        if answer.status < 500:
+                            break
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    click.echo(f"{url} does not answer yet; see {lc.config.base_dir / 'logs'}", err=True)
+                    break
+                await asyncio.sleep(0.5)
+    return urls
 
 
 @cluster.command("down")

@@ -4,6 +4,8 @@
 ``hostN`` each run an agent with the real runc executor. Users and tests reach the manager through its unix
 socket, which crosses namespaces, so no cluster address ever exists outside the cluster's namespaces. Each
 agent's image store is seeded with the local busybox image, so services run with no registry at all.
+Published ports answer on this machine's loopback address (``forward_addr``) through a forwarder process
+(swarmctl/localcluster/forward.py) that carries each connection into ``host1``'s namespace.
 
 :meth:`LocalCluster.down` removes everything :meth:`up` made and nothing else: the processes it started
 (by PID), the containers of its agents (through each agent's private runc root), their mounts, the
@@ -48,6 +50,9 @@ class LocalClusterConfig:
     subnet: str = "10.213.0.0/24"
     #: Seconds to wait for the manager and the agents to come up.
     timeout: float = 60.0
+    #: Where the services' published ports answer on this machine (empty: nowhere); ``cluster up`` says
+    #: ``127.0.0.1``.
+    forward_addr: str = ""
 
     @property
     def socket(self) -> Path:
@@ -64,6 +69,9 @@ class LocalCluster:
     def __init__(self, config: LocalClusterConfig) -> None:
         self.config = config
         self.underlay: Underlay | None = None
+        #: Each agent's command line and process, by host name (for :meth:`stop_agent` / :meth:`start_agent`).
+        self._agent_argv: dict[str, list[str]] = {}
+        self._agents: dict[str, subprocess.Popen[bytes]] = {}
 
     # --- up ------------------------------------------------------------------------------------------------
     async def up(self) -> None:
@@ -83,6 +91,8 @@ class LocalCluster:
             for host in hosts[1:]:
                 self._start_agent(host, manager_addr, token)
             await self._wait_ready(cfg.hosts)
+            if cfg.forward_addr:
+                self._start_forwarder(hosts[1])
         except BaseException:
             self.down(keep_logs=True)  # the error names a log to read
             raise
@@ -116,13 +126,38 @@ class LocalCluster:
         assert self.underlay is not None
         state = self.config.base_dir / host.name
         make_busybox(ImageStore(state / "runtime" / "images"))
+        self._agent_argv[host.name] = [
+            sys.executable, "-m", "agent.main", "--manager", manager_addr, "--token", token,
+            "--state-dir", str(state), "--executor", "runc", "--hostname", host.name,
+            "--advertise-addr", _ip(host), "--netns-prefix", f"{self.config.prefix}-{host.name}-",
+        ]  # fmt: skip
+        self.start_agent(host.name)
+
+    def _start_forwarder(self, host: HostInfo) -> None:
+        assert self.underlay is not None
         self.underlay.spawn(
-            host,
-            [sys.executable, "-m", "agent.main", "--manager", manager_addr, "--token", token,
-             "--state-dir", str(state), "--executor", "runc", "--hostname", host.name,
-             "--advertise-addr", _ip(host), "--netns-prefix", f"{self.config.prefix}-{host.name}-"],
-            self.config.base_dir / "logs" / f"{host.name}.log",
+            None,
+            [sys.executable, "-m", "swarmctl.localcluster.forward", "--socket", str(self.config.socket),
+             "--netns", host.netns, "--target", _ip(host), "--listen", self.config.forward_addr],
+            self.config.base_dir / "logs" / "forward.log",
         )  # fmt: skip
+
+    def _host(self, name: str) -> HostInfo:
+        assert self.underlay is not None, "the cluster is not up"
+        return next(h for h in self.underlay.hosts if h.name == name)
+
+    def stop_agent(self, host: str) -> None:
+        """Kill ``host``'s agent with SIGKILL, as a crash would: its containers and networks stay."""
+        proc = self._agents.pop(host)
+        proc.kill()
+        proc.wait()
+
+    def start_agent(self, host: str) -> None:
+        """Start ``host``'s agent with the arguments it was first started with (after :meth:`stop_agent`)."""
+        assert self.underlay is not None, "the cluster is not up"
+        self._agents[host] = self.underlay.spawn(
+            self._host(host), self._agent_argv[host], self.config.base_dir / "logs" / f"{host}.log"
+        )
 
     async def _get(self, path: str) -> object:
         connector = aiohttp.UnixConnector(path=str(self.config.socket))
@@ -169,11 +204,13 @@ class LocalCluster:
         underlay = self.underlay
         if underlay is None and cfg.state_file.exists():
             underlay = Underlay.load(cfg.state_file)
+        # The prefix the cluster was made with (``swarmctl cluster down`` knows only the directory).
+        prefix = underlay.state.prefix if underlay is not None else cfg.prefix
         if underlay is not None:
             underlay.destroy()
         # Namespaces the agents named (containers' sandboxes, overlay networks) carry the cluster's prefix.
         for name in sorted(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.exists() else []:
-            if name.startswith(f"{cfg.prefix}-host"):
+            if name.startswith(f"{prefix}-host"):
                 remove_netns(name)
         for host_dir in sorted(cfg.base_dir.glob("host*")):
             _remove_containers(host_dir / "runtime")
@@ -189,6 +226,7 @@ class LocalCluster:
         if not keep_logs:
             shutil.rmtree(cfg.base_dir, ignore_errors=True)
         self.underlay = None
+        self._agents.clear()
 
     async def status(self) -> dict[str, object]:
         """What runs: the hosts and, if the manager answers, its nodes."""

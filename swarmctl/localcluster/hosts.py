@@ -115,13 +115,15 @@ class Underlay:
         return self.hosts
 
     def spawn(
-        self, host: HostInfo, argv: list[str], log: Path, env: dict[str, str] | None = None
+        self, host: HostInfo | None, argv: list[str], log: Path, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` inside ``host``'s network namespace, logging to ``log``; its PID is recorded."""
+        """Start ``argv`` inside ``host``'s network namespace (``None``: the machine's own), logging to
+        ``log``; its PID is recorded."""
         log.parent.mkdir(parents=True, exist_ok=True)
+        enter = ["nsenter", f"--net={netns_path(host.netns)}", "--"] if host is not None else []
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                ["nsenter", f"--net={netns_path(host.netns)}", "--", *argv],
+                [*enter, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

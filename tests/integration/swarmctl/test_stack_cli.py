@@ -121,7 +121,8 @@ def test_deploy_redeploy_update_one_prune_and_rm(cluster: Cluster, web_yml: Path
         "Removing network web_backend",
     ]
     left, networks, _, volumes = inventory(cluster)
-    assert left == ["outsider"] and networks == ["keep-net"]
+    # The routing mesh's network stays, as Docker's ingress does (the stack published a port).
+    assert left == ["outsider"] and networks == ["ingress", "keep-net"]
     assert volumes == ["web_cache-data"]  # volumes keep their data, as with docker
     one_error_line(cluster.run("stack", "rm", "web"), "nothing found in stack: web")
     one_error_line(cluster.run("stack", "ps", "web"), "nothing found in stack: web")

@@ -7,15 +7,17 @@ from dataclasses import replace
 
 import pytest
 
-from api import Network, Service, Task
+from api import Network, Node, Service, Task
 from api.objects import (
     Annotations,
+    Endpoint,
     EndpointSpec,
     IPAMConfig,
     Meta,
     NetworkAttachmentConfig,
     NetworkSpec,
     PortConfig,
+    PublishMode,
     ServiceSpec,
     TaskSpec,
 )
@@ -92,3 +94,66 @@ def test_services_get_published_ports_and_vips() -> None:
         alloc.allocate_service(other, {"n": n})
     alloc.release_service(svc)
     assert alloc.allocate_service(other, {"n": n}).status.endpoint.ports[0].published_port == 8443
+
+
+def ingress_net(alloc: Allocator) -> Network:
+    spec = NetworkSpec(annotations=Annotations(name="ingress"), ingress=True)
+    return alloc.allocate_network(Network(meta=Meta(id="ing"), spec=spec))
+
+
+def test_host_ports_are_the_nodes_and_unpublished_ports_come_back() -> None:
+    alloc = Allocator()
+    host = PortConfig(target_port=80, published_port=8080, publish_mode=PublishMode.HOST)
+    one = alloc.allocate_service(
+        Service(meta=Meta(id="a"), spec=ServiceSpec(endpoint=EndpointSpec(ports=(host,)))), {}
+    )
+    # Two services may want one host port: the scheduler keeps their tasks on different nodes.
+    two = alloc.allocate_service(
+        Service(meta=Meta(id="b"), spec=ServiceSpec(endpoint=EndpointSpec(ports=(host,)))), {}
+    )
+    assert one.status.endpoint.ports == two.status.endpoint.ports == (host,)
+    assert alloc.ports == set()
+
+    mesh = Service(
+        meta=Meta(id="m"), spec=ServiceSpec(endpoint=EndpointSpec(ports=(PortConfig(target_port=80),)))
+    )
+    mesh = alloc.allocate_service(mesh, {})
+    assert alloc.ports == {("tcp", 30000)}
+    # An update that unpublishes the port gives it back.
+    mesh = alloc.allocate_service(replace(mesh, spec=ServiceSpec()), {})
+    assert mesh.status.endpoint.ports == () and alloc.ports == set()
+
+
+def test_tasks_of_published_services_and_every_node_join_the_ingress_network() -> None:
+    alloc = Allocator()
+    ingress = ingress_net(alloc)
+    n = alloc.allocate_network(net("n"))
+    nets = {"n": n, "ing": ingress, "ingress": ingress}
+    published = replace(
+        task_on("n"), endpoint=Endpoint(ports=(PortConfig(target_port=80, published_port=80),))
+    )
+    t = alloc.attach_task(published, nets)
+    assert [a.network_id for a in t.networks] == ["n", "ing"]  # its own networks first
+    host_only = Endpoint(ports=(PortConfig(target_port=80, publish_mode=PublishMode.HOST),))
+    assert [
+        a.network_id for a in alloc.attach_task(replace(task_on("n"), endpoint=host_only), nets).networks
+    ] == ["n"]
+
+    node = alloc.allocate_node(Node(meta=Meta(id="n1")), ingress)
+    (att,) = node.attachments
+    assert att.network_id == "ing" and att.addresses[0] != t.networks[1].addresses[0]
+    assert alloc.allocate_node(node, ingress) is node  # it keeps its address
+    # A new leader knows it; a removed node gives it back.
+    again = Allocator.from_objects([ingress], [], [t], [node])
+    assert again.nodes == {"n1": att.addresses[0]}
+    again.release_node("n1", ingress)
+    assert again.allocate_node(Node(meta=Meta(id="n2")), ingress).attachments[0].addresses == att.addresses
+
+
+def test_a_task_that_cannot_be_attached_holds_nothing() -> None:
+    alloc = Allocator()
+    n = alloc.allocate_network(net("n", IPAMConfig(subnet="192.168.8.0/30")))  # one address to give
+    published = replace(task_on("n"), endpoint=Endpoint(ports=(PortConfig(target_port=80),)))
+    with pytest.raises(AllocationError, match="ingress network does not exist"):
+        alloc.attach_task(published, {"n": n})
+    assert alloc.attach_task(task_on("n"), {"n": n}).networks[0].addresses == ("192.168.8.2/30",)

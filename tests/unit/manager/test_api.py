@@ -77,6 +77,8 @@ async def test_service_create_inspect_list(client: TestClient[Any, Any]) -> None
         (spec(name="bad name!"), 400, "service name 'bad name!' is invalid"),
         (spec(constraints=("node.labels.zone=eu",)), 400, "node.labels.zone=eu"),
         ({**spec(), "replicas": -1}, 400, "replicas cannot be negative"),
+        ({**spec(), "replicas": 2**62}, 400, "at most 100,000 replicas per service"),
+        ({**spec(), "update_config": {"delay_ns": 2**70}}, 400, "Integer value out of range"),
     ],
 )
 async def test_bad_service_specs_get_one_clear_message(
@@ -98,6 +100,8 @@ async def test_duplicate_names_and_unknown_refs(client: TestClient[Any, Any]) ->
     assert r.status == 409 and (await r.json())["message"] == "service web already exists"
     r = await client.get("/services/nope")
     assert r.status == 404 and (await r.json())["message"] == "service nope not found"
+    r = await client.get("/tasks/nope")  # tasks have no names: not found, rather than a crash
+    assert r.status == 404 and (await r.json())["message"] == "task nope not found"
 
 
 async def test_update_is_conditional_and_starts_a_rolling_update(client: TestClient[Any, Any]) -> None:

@@ -9,15 +9,18 @@ from dataclasses import replace
 
 import pytest
 
-from api import Annotations, Node, Service, Task, TaskState
+from api import Annotations, Network, Node, Service, Task, TaskState
 from api.objects import (
     ContainerSpec,
+    EndpointSpec,
     Meta,
     NodeDescription,
     NodeSpec,
     NodeState,
     NodeStatus,
     Placement,
+    PortConfig,
+    PublishMode,
     Resources,
     ServiceMode,
     ServiceSpec,
@@ -152,3 +155,48 @@ async def test_a_down_node_loses_its_tasks_to_the_others(cluster: tuple[ObjectSt
     await until(lambda: len([t for t in live(store, svc.meta.id) if t.node_id]) == 3)
     orphans = [t for t in store.tasks_of_service(svc.meta.id) if t.status.state is TaskState.ORPHANED]
     assert [t.node_id for t in orphans] == ["n3"]
+
+
+async def test_a_published_port_brings_the_ingress_network_and_its_addresses(
+    cluster: tuple[ObjectStore, Leader],
+) -> None:
+    store, leader = cluster
+    await store.create(service("plain", 1))
+    await asyncio.sleep(0.1)
+    assert store.objects(Network) == []  # no routing mesh until a service needs one
+
+    published = service("web", 2)
+    endpoint = EndpointSpec(
+        ports=(
+            PortConfig(target_port=80, published_port=8080),
+            PortConfig(target_port=443, published_port=8443, publish_mode=PublishMode.HOST),
+        )
+    )
+    web = await store.create(replace(published, spec=replace(published.spec, endpoint=endpoint)))
+    await until(lambda: len([t for t in live(store, web.meta.id) if t.node_id]) == 2)
+    (ingress,) = store.objects(Network)
+    assert ingress.spec.ingress and ingress.spec.annotations.name == "ingress" and ingress.status.vni
+    # Every node has an address there, and so has every task of the service (the host port stays a port
+    # of the node: the task carries it for the scheduler and the agent).
+    nodes = store.objects(Node)
+    await until(lambda: all(n.attachments for n in store.objects(Node)))
+    addresses = [a for n in store.objects(Node) for a in n.attachments[0].addresses]
+    for t in live(store, web.meta.id):
+        assert [a.network_id for a in t.networks] == [ingress.meta.id]
+        addresses += t.networks[0].addresses
+        assert [(p.published_port, p.publish_mode) for p in t.endpoint.ports] == [
+            (8080, PublishMode.INGRESS),
+            (8443, PublishMode.HOST),
+        ]
+    assert len(set(addresses)) == len(nodes) + 2
+
+    # Removing the service frees its port for another one.
+    await store.delete(store.must_get(Service, web.meta.id))
+    again = await store.create(replace(published, spec=replace(published.spec, endpoint=endpoint)))
+
+    def ports() -> list[int]:
+        svc = store.get(Service, again.meta.id)
+        return [p.published_port for p in svc.status.endpoint.ports] if svc else []
+
+    await until(lambda: ports() == [8080, 8443])
+    assert leader.allocator.ports == {("tcp", 8080)}

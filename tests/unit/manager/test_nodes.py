@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,6 +18,7 @@ from manager.nodes import (
     plan_node_states,
     session_key,
 )
+from manager.session_keys import SessionKeys
 
 GRACE = 15.0
 
@@ -118,3 +120,54 @@ async def test_session_keys_on_a_lease_vanish_with_it(kv: MemoryStore) -> None:
         assert not liveness.present("a")
     finally:
         await liveness.stop()
+
+
+async def test_a_session_ended_for_silence_counts_the_absence_from_when_the_agent_fell_silent(
+    kv: MemoryStore,
+) -> None:
+    clock = Clock()
+    liveness = NodeLiveness(kv, clock=clock)
+    await liveness.start()
+    keys = SessionKeys(kv, "m1", ttl=lambda: 30.0, on_stale=lambda node, session: None)
+    keys.start()
+    try:
+        await keys.put("quiet", "s1", timeout=5)
+        await keys.put("leaving", "s2", timeout=5)
+        await settle(liveness)
+        assert liveness.present("quiet") and liveness.present("leaving")
+
+        # Ended after a grace without a word: DOWN at once, not a second grace later.
+        await keys.release("quiet", "s1", silent_for=GRACE)
+        # Ended otherwise (the agent closed it, to fail over or restart): a whole grace to come back.
+        await keys.release("leaving", "s2")
+        async with asyncio.timeout(5):
+            while (
+                await kv.get(session_key("quiet")) or liveness.present("quiet") or liveness.present("leaving")
+            ):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the key's deletion reached the watch too: it must not reset the time
+        assert liveness.absent_since("quiet") == clock.now - GRACE
+        assert liveness.absent_since("leaving") == clock.now
+        clock.now += 0.1
+        assert liveness.missing(["quiet", "leaving"], GRACE) == {"quiet"}
+
+        await keys.put("quiet", "s3", timeout=5)  # it comes back
+        await settle(liveness)
+        assert liveness.missing(["quiet"], GRACE) == set()
+    finally:
+        await keys.stop()
+        await liveness.stop()
+
+
+async def test_a_silent_session_is_not_marked_over_another_managers_newer_one(kv: MemoryStore) -> None:
+    keys = SessionKeys(kv, "m1", ttl=lambda: 30.0, on_stale=lambda node, session: None)
+    keys.start()
+    try:
+        await keys.put("moved", "s1", timeout=5)
+        # The agent failed over: another manager's session key replaced this one.
+        await kv.put(session_key("moved"), SessionRecord("moved", "m2", "s9").encode())
+        await keys.release("moved", "s1", silent_for=GRACE)
+        held = await kv.get(session_key("moved"))
+        assert held is not None and SessionRecord.decode(held.value) == SessionRecord("moved", "m2", "s9")
+    finally:
+        await keys.stop()

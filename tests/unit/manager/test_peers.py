@@ -21,6 +21,8 @@ from api.objects import (
     NetworkSpec,
     NetworkStatus,
     NodeStatus,
+    PortConfig,
+    PublishMode,
     ServiceSpec,
     ServiceStatus,
     TaskSpec,
@@ -203,3 +205,61 @@ async def test_bridge_networks_need_no_peers(h: Harness) -> None:
         networks=(NetworkAttachment("br", ("172.18.0.2/16",)),),
     )
     assert h.index.wanted([t]) == set()
+
+
+async def test_every_node_gets_the_ingress_network_with_the_nodes_and_published_ports(h: Harness) -> None:
+    # n2 runs nothing, yet its session must hear of the ingress network once there is one.
+    s2 = PeerSession()
+    assert h.index.frame("n2", s2, h.index.wanted(h.store.tasks_on_node("n2"))) is not None
+    ingress = Network(
+        meta=Meta(id="ing"),
+        spec=NetworkSpec(annotations=Annotations(name="ingress"), driver="overlay", ingress=True),
+        status=NetworkStatus(vni=4097),
+    )
+    await h.store.create(ingress)
+    assert await h.settle() == {"ing"}
+    assert h.index.watchers["ing"] == {"n2"}
+    assert h.index.wanted([]) == {"ing"}
+
+    for i in (1, 2):
+        node = h.store.must_get(Node, f"n{i}")
+        await h.store.update(
+            replace(node, attachments=(NetworkAttachment("ing", (f"10.255.0.{i + 1}/16",)),))
+        )
+    svc = h.store.must_get(Service, "web")
+    ports = (
+        PortConfig(target_port=80, published_port=8080),
+        PortConfig(target_port=22, published_port=2222, publish_mode=PublishMode.HOST),
+    )
+    await h.store.update(
+        replace(svc, status=replace(svc.status, endpoint=replace(svc.status.endpoint, ports=ports)))
+    )
+    await h.store.create(
+        Task(
+            meta=Meta(id="t1"),
+            service_id="web",
+            slot=1,
+            node_id="n1",
+            service_annotations=Annotations(name="web"),
+            status=TaskStatus(state=TaskState.RUNNING),
+            networks=(
+                NetworkAttachment("ov", ("10.0.9.3/24",)),
+                NetworkAttachment("ing", ("10.255.0.9/16",)),
+            ),
+        )
+    )
+    assert "ing" in await h.settle()
+    frame = h.index.frame("n2", s2, h.index.wanted(h.store.tasks_on_node("n2")))
+    assert frame is not None
+    (peers,) = frame.networks
+    assert peers.network == h.store.must_get(Network, "ing")
+    assert sorted((e.task_id, e.node_id, e.addresses, e.name) for e in peers.endpoints) == [
+        ("", "n1", ("10.255.0.2/16",), ""),
+        ("", "n2", ("10.255.0.3/16",), ""),
+        ("t1", "n1", ("10.255.0.9/16",), ""),  # no names on the mesh's network
+    ]
+    (web,) = peers.services
+    assert (web.name, web.virtual_ip, web.ports) == ("", "", ports[:1])
+    # The service's own network is unchanged: names, a VIP, no ports.
+    (own,) = h.index.network_peers("ov").services
+    assert (own.name, own.ports) == ("web", ())
