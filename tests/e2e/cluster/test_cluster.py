@@ -9,76 +9,18 @@ restart policy of a failing task.
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
 import os
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from swarmctl.localcluster.cluster import LocalCluster, LocalClusterConfig
+from tests.e2e.cluster.support import Client, until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-class UnixHTTP(http.client.HTTPConnection):
-    """HTTP to the manager's unix socket."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__("manager", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-class Client:
-    def __init__(self, sock: Path) -> None:
-        self.sock = str(sock)
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = UnixHTTP(self.sock)
-        try:
-            data = json.dumps(body) if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            raw = resp.read()
-            return resp.status, (json.loads(raw) if raw and raw[:1] in b"[{" else raw.decode())
-        finally:
-            conn.close()
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, data = self.call(method, path, body)
-        assert status < 300, (status, data)
-        return data
-
-    def tasks(self, service: str) -> list[dict[str, Any]]:
-        tasks: list[dict[str, Any]] = self.ok("GET", f"/tasks?service={service}")
-        return tasks
-
-    def running(self, service: str) -> list[dict[str, Any]]:
-        return [
-            t
-            for t in self.tasks(service)
-            if t["desired_state"] == "running" and t["status"]["state"] == "running"
-        ]
-
-
-def until(check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,11 @@ busybox 1.35's ``wget -T`` crashes (SIGSEGV) whether or not the limit is reached
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,8 @@ from typing import Any
 import pytest
 
 from swarmctl.localcluster.cluster import LocalCluster, LocalClusterConfig
+from tests.e2e.cluster import support
+from tests.e2e.cluster.support import until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -49,43 +49,8 @@ PAGE = "<h1>Welcome to web, served from host1</h1>"
 OUTSIDE_PORT = 7077
 
 
-class UnixHTTP(http.client.HTTPConnection):
-    """HTTP to the manager's unix socket."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__("manager", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-class Client:
-    """The manager's API."""
-
-    def __init__(self, sock: Path) -> None:
-        self.sock = str(sock)
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = UnixHTTP(self.sock)
-        try:
-            data = json.dumps(body) if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            raw = resp.read()
-            return resp.status, (json.loads(raw) if raw and raw[:1] in b"[{" else raw.decode())
-        finally:
-            conn.close()
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, data = self.call(method, path, body)
-        assert status < 300, (status, data)
-        return data
-
-    def running(self, service: str) -> list[dict[str, Any]]:
-        tasks: list[dict[str, Any]] = self.ok("GET", f"/tasks?service={service}")
-        return [t for t in tasks if t["desired_state"] == "running" and t["status"]["state"] == "running"]
+class Client(support.Client):
+    """The manager's API, with the overlay helpers these tests use."""
 
     def network(self, name: str, **spec: Any) -> dict[str, Any]:
         self.ok("POST", "/networks/create", {"annotations": {"name": name}, "driver": "overlay", **spec})
@@ -104,17 +69,6 @@ class Client:
     def vip(self, name: str, network_id: str) -> str:
         vips = self.ok("GET", f"/services/{name}")["status"]["endpoint"]["virtual_ips"]
         return str(vips[network_id]).split("/")[0]
-
-
-def until(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def service(name: str, *args: str, network: str, replicas: int = 1, **task: Any) -> dict[str, Any]:
