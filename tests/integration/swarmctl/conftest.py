@@ -53,6 +53,7 @@ class Cluster:
         self.tmp = tmp
         self.store_url = store_url or f"memory://{unique_prefix('swarmctl')}"
         self.socket = str(tmp / "manager.sock")
+        self.state_dir = str(tmp / "manager-state")
         self.port = free_port()
         self.host = f"unix://{self.socket}"
         self.n_agents = agents
@@ -76,6 +77,7 @@ class Cluster:
             store_url=self.store_url,
             listen=f"127.0.0.1:{self.port}",
             socket=self.socket,
+            state_dir=self.state_dir,
             election_ttl=2.0,
         )
         self.manager = Manager(config)
