@@ -142,6 +142,8 @@ class LogStream:
         self.forwarded = request.query.get("forwarded", "") in _TRUE
         self.feed = Feed()
         self.started: set[str] = set()
+        #: Nodes whose logs are being (or were) read; a short read may end before the check below.
+        self.subscribed = 0
         self._http: aiohttp.ClientSession | None = None
         self._watcher: _Watcher | None = None
 
@@ -154,7 +156,9 @@ class LogStream:
         """Start the sources of ``tasks`` and write the feed to the client until it ends or leaves."""
         try:
             errors = await self.start([t for t in tasks if has_logs(t)])
-            if errors and not self.feed.sources:
+            # Judge by what was subscribed, not by what is still open: a short log can be read to its
+            # end before this line runs, and that is a success.
+            if errors and not self.subscribed:
                 raise Unavailable("; ".join(dict.fromkeys(e.error for e in errors)))
             response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
             await response.prepare(self.request)
@@ -191,10 +195,13 @@ class LogStream:
         for node_id, task_ids in by_node.items():
             here = bool(self.router.session_of(node_id))
             if here and await self.router.subscribe(self.feed, node_id, tuple(task_ids), self.options):
+                self.subscribed += 1
                 continue
             error = await self._relay(node_id, task_ids)
             if error:
                 errors += [FeedItem(node_id=node_id, task_id=task_id, error=error) for task_id in task_ids]
+            else:
+                self.subscribed += 1
         return errors
 
     async def _relay(self, node_id: str, task_ids: list[str]) -> str:

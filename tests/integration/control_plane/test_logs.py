@@ -223,7 +223,7 @@ async def test_logs_of_nodes_without_a_session_are_reported(
     api = LogClient(plane.managers[0], tmp_path, http)
 
     status, objects = await api.read(f"/services/{service.meta.id}/logs")
-    assert status == 200
+    assert status == 200, objects
     assert texts(objects) == ["alive"]
     (error,) = [o for o in objects if "error" in o]
     assert error["task"] == gone.meta.id and "node-2 is not available" in error["error"]
