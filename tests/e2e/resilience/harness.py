@@ -384,7 +384,9 @@ def duplicates(plane: Plane, service_ids: list[str]) -> list[str]:
             t = store.get(Task, task_id)
             # A task this observer has not heard of yet is news in flight (agents can learn of a task from
             # their session before this separate watch delivers it), not a stale task.
-            if t is not None and t.desired_state > TaskState.RUNNING:
+            if t is None:
+                continue
+            if t.desired_state > TaskState.RUNNING:
                 problems.append(f"node {node_id} runs task {task_id}, which the store does not want running")
                 continue
             key = (t.service_id, t.slot)
