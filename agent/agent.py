@@ -17,8 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from cryptography import x509
 
+from agent.engine import EngineRelay, engine_socket_path, serve_engine
 from agent.errors import AgentError
 from agent.executor import Executor
 from agent.identity import JoinRefused, NodeCredentials, default_renewal_time
@@ -47,6 +49,8 @@ class AgentConfig:
     backoff: tuple[float, float] = (0.05, 5.0)
     #: When to renew a certificate (default: half its lifetime, or 30 minutes, before it expires).
     renew_at: Callable[[x509.Certificate], dt.datetime] = default_renewal_time
+    #: Where the node's Docker Engine API listens (empty: ``<state dir>/engine.sock``; agent/engine.py).
+    engine_socket: str = ""
 
 
 class Agent:
@@ -75,6 +79,10 @@ class Agent:
         self.session.on_peers = getattr(executor, "apply_peers", None)
         self.logs = LogStreamer(executor, self.worker.task)
         self.session.logs = self.logs
+        self.engine_socket = engine_socket_path(config.state_dir, config.engine_socket)
+        self.engine = EngineRelay(None, config.hostname)
+        self.session.engine = self.engine
+        self._engine_runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -92,6 +100,9 @@ class Agent:
         self.description = replace(
             described, hostname=self.config.hostname or described.hostname, engine_labels=labels
         )
+        self._engine_runner = await serve_engine(self.executor, self.engine_socket)
+        if self._engine_runner is not None:
+            self.engine.socket = self.engine_socket
         http = self._http or aiohttp.ClientSession()
         renewals: asyncio.Task[None] | None = None
         try:
@@ -108,6 +119,10 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewals
             await self.logs.close()
+            await self.engine.close()
+            if self._engine_runner is not None:
+                await self._engine_runner.cleanup()
+                self._engine_runner = None
             await self.worker.stop()
             await self.executor.close()
             if self._http is None:

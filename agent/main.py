@@ -89,6 +89,11 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Prefix of the network namespaces this agent names (several agents on one machine need their own).",
 )
+@click.option(
+    "--engine-socket",
+    default="",
+    help="Where the node's Docker Engine API listens (default: STATE_DIR/engine.sock).",
+)
 @click.option("--debug", is_flag=True, help="Log at debug level.")
 def cli(
     managers: str,
@@ -101,6 +106,7 @@ def cli(
     sim_count: int,
     sim_start_delay: float,
     netns_prefix: str,
+    engine_socket: str,
     debug: bool,
 ) -> None:
     """Run a Shoal agent until SIGTERM or SIGINT."""
@@ -120,6 +126,7 @@ def cli(
         hostname=hostname or socket.gethostname(),
         addr=advertise_addr,
         labels=_labels(labels),
+        engine_socket=engine_socket,
     )
     try:
         asyncio.run(_serve(base, executor, sim_count, sim_start_delay, netns_prefix))

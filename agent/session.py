@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
 
 import aiohttp
 
+from agent.engine import EngineRelay
 from agent.errors import SessionRefused
 from agent.identity import NODE_ID_FILE, NodeCredentials
 from agent.logs import LogStreamer
+from api.engine import EngineAck, EngineCancel, EngineData, EngineRequest
 from api.errors import CodecError
 from api.join import MANAGER_SERVER_NAME
 from api.logs import LogsAck, LogsBatch, LogsCancel, LogsEnd, LogsSubscribe
@@ -89,6 +92,8 @@ class AgentSession:
         self.on_peers: Callable[[Peers], None] | None = None
         #: Serves the managers' log subscriptions (agent/logs.py); None: they are refused.
         self.logs: LogStreamer | None = None
+        #: Relays the managers' engine calls (agent/engine.py); None: they are not answered.
+        self.engine: EngineRelay | None = None
         self._refusals: set[asyncio.Task[None]] = set()
         self._statuses = statuses
         self._http = http
@@ -272,6 +277,8 @@ class AgentSession:
         finally:
             if self.logs is not None:
                 self.logs.reset()  # log subscriptions belong to this connection
+            if self.engine is not None:
+                self.engine.reset()  # and so do engine calls
             for job in jobs:
                 job.cancel()
             for job in jobs:
@@ -297,6 +304,9 @@ class AgentSession:
                     self.heartbeat_period = frame.heartbeat_period_ns / SECOND
             elif isinstance(frame, LogsSubscribe | LogsAck | LogsCancel):
                 self._on_logs(ws, frame)
+            elif isinstance(frame, EngineRequest | EngineData | EngineAck | EngineCancel):
+                if self.engine is not None:
+                    self.engine.handle(frame, functools.partial(_send, ws))
             elif isinstance(frame, Error):
                 raise self._refusal(frame)
 
@@ -336,3 +346,7 @@ class AgentSession:
                 for tid, st in batch.items():
                     self._pending.setdefault(tid, st)
                 raise
+
+
+async def _send(ws: aiohttp.ClientWebSocketResponse, frame: Frame) -> None:
+    await ws.send_bytes(encode_frame(frame))

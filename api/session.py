@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from api.codec import from_plain, to_plain
+from api.engine import ENGINE_FRAME_TYPES, EngineAck, EngineCancel, EngineData, EngineRequest, EngineResponse
 from api.errors import CodecError
 from api.logs import LOG_FRAME_TYPES, LogsAck, LogsBatch, LogsCancel, LogsEnd, LogsSubscribe
 from api.objects import Network, NodeDescription, Secret, Task, TaskStatus
@@ -124,6 +125,11 @@ Frame = (
     | LogsEnd
     | LogsAck
     | LogsCancel
+    | EngineRequest
+    | EngineResponse
+    | EngineData
+    | EngineAck
+    | EngineCancel
 )
 
 #: Frame type name ↔ class.
@@ -136,6 +142,7 @@ FRAME_TYPES: dict[str, type[Any]] = {
     "error": Error,
     "peers": Peers,
     **LOG_FRAME_TYPES,  # api/logs.py
+    **ENGINE_FRAME_TYPES,  # api/engine.py
 }
 _TYPE_NAMES: dict[type[Any], str] = {tp: name for name, tp in FRAME_TYPES.items()}
 

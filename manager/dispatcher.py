@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from aiohttp import WSMsgType, web
 
 from api import Cluster, Network, Node, Secret, Task, TaskState, new_id
+from api.engine import EngineAck, EngineData, EngineResponse
 from api.errors import CodecError
 from api.logs import LogsBatch, LogsEnd
 from api.objects import SECOND, NodeState, NodeStatus
@@ -52,6 +53,7 @@ from api.session import (
     encode_frame,
 )
 from kvstore_adapters import KVError
+from manager.engine import ENGINES, EngineRouter
 from manager.errors import Conflict, ManagerError
 from manager.logs import LOGS, LogRouter
 from manager.nodes import GRACE_PERIODS, heartbeat_period
@@ -152,6 +154,10 @@ class Dispatcher:
         self.logs = LogRouter(
             self.send, lambda node_id: getattr(self._sessions.get(node_id), "id", ""), self.manager_id
         )
+        #: Engine calls on these sessions (manager/engine.py; the API's container and image routes use them).
+        self.engines = EngineRouter(
+            self.send, lambda node_id: getattr(self._sessions.get(node_id), "id", ""), self.manager_id
+        )
         #: This manager's lease and the session keys on it; ``keys.addr`` is the address agents reach it
         #: at, learnt from the first session's Host header when not given.
         self.keys = SessionKeys(
@@ -188,6 +194,7 @@ class Dispatcher:
         """Serve sessions on ``app``; the dispatcher starts and stops with it."""
         app.router.add_get(SESSION_PATH, self.handle)
         app[LOGS] = self.logs
+        app[ENGINES] = self.engines
         app.cleanup_ctx.append(self._app_context)
         app.on_shutdown.append(self._on_shutdown)
 
@@ -215,6 +222,7 @@ class Dispatcher:
             return
         self._started = False
         self.logs.close()
+        self.engines.close()
         await self.close_sessions()
         await self.status.stop()
         await _cancel(self._follower)
@@ -373,6 +381,8 @@ class Dispatcher:
                     self.status.submit(s.node_id, u.task_id, u.status)
             elif isinstance(frame, LogsBatch | LogsEnd):
                 self.logs.on_frame(s.node_id, frame)
+            elif isinstance(frame, EngineResponse | EngineData | EngineAck):
+                self.engines.on_frame(s.node_id, frame)
             else:
                 await self._end(s, Error(f"unexpected {type(frame).__name__} frame", ErrorCode.PROTOCOL))
                 return
@@ -421,6 +431,7 @@ class Dispatcher:
             del self._sessions[s.node_id]
         await _cancel(s.writer)
         self.logs.session_ended(s.node_id, s.id)
+        self.engines.session_ended(s.node_id, s.id)
         if s.node_id not in self._sessions:
             self.peers.unwatch(s.node_id)
         await self.keys.release(s.node_id, s.id, silent_for=s.silent_for)

@@ -64,7 +64,11 @@ STATUS_FOR: list[tuple[type[BaseException], int]] = [
 
 
 def status_for(error: BaseException) -> int:
-    """The HTTP status an error maps to (500 for anything unexpected)."""
+    """The HTTP status an error maps to (500 for anything unexpected); an error may carry its own
+    (``http_status``: a node engine's answer relayed)."""
+    own = getattr(error, "http_status", None)
+    if isinstance(own, int):
+        return own
     for tp, status in STATUS_FOR:
         if isinstance(error, tp):
             return status
@@ -132,11 +136,12 @@ def int_query(request: web.Request, name: str, default: int | None = None) -> in
 
 def make_app(store: ObjectStore) -> web.Application:
     """The API application over a started :class:`ObjectStore`."""
-    from manager.api import logs, openapi, routes  # the route modules import this one
+    from manager.api import engine, logs, openapi, routes  # the route modules import this one
 
     app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
     app[STORE] = store
     app.add_routes(routes.table)
     app.add_routes(logs.table)
+    app.add_routes(engine.table)
     app.router.add_get("/openapi.json", openapi.handler)
     return app

@@ -71,6 +71,34 @@ OPERATIONS: dict[tuple[str, str], tuple[str, Any, Any, bool]] = {
         CertificateReply,
         False,
     ),
+    ("get", "/containers/json"): (
+        "Every connected node's containers (Docker's list, ?all=, ?filters=), each with its Node",
+        None,
+        None,
+        False,
+    ),
+    ("post", "/containers/create"): (
+        "Create a one-off container (Docker's create body; constraint:/affinity: in Env place it)",
+        None,
+        None,
+        False,
+    ),
+    ("get", "/containers/{ref}/json"): (
+        "Inspect a container on any node (id, name, NODE/NAME)",
+        None,
+        None,
+        False,
+    ),
+    ("get", "/images/json"): ("Every connected node's images, each with its Node", None, None, False),
+    **{
+        (method, "/nodes/{ref}/engine/{path}"): (
+            f"{method.upper()} on the node's Docker Engine API (relayed through its agent's session)",
+            None,
+            None,
+            False,
+        )
+        for method in ("get", "post", "put", "delete")
+    },
     ("get", "/events"): ("Stream object changes (server-sent events)", None, None, False),
     ("get", "/_ping"): ("Liveness", None, None, False),
     ("get", "/version"): ("Server version", None, None, False),
@@ -121,6 +149,8 @@ def document() -> dict[str, Any]:
         params = []
         if "{ref}" in path:
             params.append({"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}})
+        if "{path}" in path:
+            params.append({"name": "path", "in": "path", "required": True, "schema": {"type": "string"}})
         if path.endswith("/update"):
             params.append({"name": "version", "in": "query", "required": True, "schema": {"type": "integer"}})
         if path == ROTATE_TOKEN_PATH:

@@ -203,10 +203,10 @@ async def node_list(request: web.Request) -> web.Response:
 @table.get("/nodes/{ref}")
 async def node_inspect(request: web.Request) -> web.Response:
     store = _store(request)
-    return json_response(_resolve_node(store, request.match_info["ref"]))
+    return json_response(resolve_node(store, request.match_info["ref"]))
 
 
-def _resolve_node(store: ObjectStore, ref: str) -> Node:
+def resolve_node(store: ObjectStore, ref: str) -> Node:
     for node in store.objects(Node):
         if node.status.description.hostname == ref:
             return node
@@ -216,7 +216,7 @@ def _resolve_node(store: ObjectStore, ref: str) -> Node:
 @table.post("/nodes/{ref}/update")
 async def node_update(request: web.Request) -> web.Response:
     store = _store(request)
-    node = _resolve_node(store, request.match_info["ref"])
+    node = resolve_node(store, request.match_info["ref"])
     spec = from_plain(NodeSpec, await read_json(request))
     version = int_query(request, "version")
     written = await store.update(replace(node, meta=replace(node.meta, version=version), spec=spec))
@@ -227,7 +227,7 @@ async def node_update(request: web.Request) -> web.Response:
 @table.delete("/nodes/{ref}")
 async def node_remove(request: web.Request) -> web.Response:
     store = _store(request)
-    node = _resolve_node(store, request.match_info["ref"])
+    node = resolve_node(store, request.match_info["ref"])
     force = request.query.get("force", "") in ("1", "true")
     if node.status.state is NodeState.READY and not force:
         raise NodeNotDown(node.status.description.hostname or node.meta.id)
