@@ -25,6 +25,8 @@ from agent.agent import Agent, AgentConfig
 from agent.errors import AgentError, SessionRefused
 from agent.executor import EXECUTORS, Executor, make_executor
 from agent.identity import JoinRefused
+from agent.runtime.images.auth import RegistryOptions
+from agent.runtime.local import DEFAULT_INSECURE, LocalRuntimeOptions
 from api.errors import ShoalError
 
 log = logging.getLogger("shoal.agent")
@@ -90,6 +92,12 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="Prefix of the network namespaces this agent names (several agents on one machine need their own).",
 )
 @click.option(
+    "--insecure-registry",
+    "insecure_registries",
+    multiple=True,
+    help="A registry (HOST:PORT or CIDR) that may be reached over plain HTTP (repeatable), as dockerd's.",
+)
+@click.option(
     "--engine-socket",
     default="",
     help="Where the node's Docker Engine API listens (default: STATE_DIR/engine.sock).",
@@ -106,6 +114,7 @@ def cli(
     sim_count: int,
     sim_start_delay: float,
     netns_prefix: str,
+    insecure_registries: tuple[str, ...],
     engine_socket: str,
     debug: bool,
 ) -> None:
@@ -129,7 +138,7 @@ def cli(
         engine_socket=engine_socket,
     )
     try:
-        asyncio.run(_serve(base, executor, sim_count, sim_start_delay, netns_prefix))
+        asyncio.run(_serve(base, executor, sim_count, sim_start_delay, netns_prefix, insecure_registries))
     except (SessionRefused, JoinRefused) as e:
         click.echo(f"shoal-agent: refused by the manager: {e}", err=True)
         sys.exit(1)
@@ -154,7 +163,13 @@ def _configs(base: AgentConfig, count: int) -> list[AgentConfig]:
     ]
 
 
-def _executor(name: str, config: AgentConfig, start_delay: float, netns_prefix: str = "shoal-") -> Executor:
+def _executor(
+    name: str,
+    config: AgentConfig,
+    start_delay: float,
+    netns_prefix: str = "shoal-",
+    insecure_registries: tuple[str, ...] = (),
+) -> Executor:
     if name == "sim":
         return make_executor("sim", start_delay=start_delay, hostname=config.hostname)
     if name == "runc":
@@ -166,17 +181,24 @@ def _executor(name: str, config: AgentConfig, start_delay: float, netns_prefix: 
             network_dir=config.state_dir / "network",
             advertise_addr=config.addr,
             netns_prefix=netns_prefix,
+            options=LocalRuntimeOptions(
+                registry=RegistryOptions(insecure=DEFAULT_INSECURE | frozenset(insecure_registries))
+            ),
         )
     return make_executor(name)
 
 
 async def _serve(
-    base: AgentConfig, executor: str, count: int, start_delay: float, netns_prefix: str = "shoal-"
+    base: AgentConfig,
+    executor: str,
+    count: int,
+    start_delay: float,
+    netns_prefix: str = "shoal-",
+    insecure_registries: tuple[str, ...] = (),
 ) -> None:
     configs = _configs(base, count)
-    executors = [
-        _executor(executor, c, start_delay, netns_prefix) for c in configs
-    ]  # fails early if unavailable
+    # Made before anything starts, so an executor that cannot run here fails early.
+    executors = [_executor(executor, c, start_delay, netns_prefix, insecure_registries) for c in configs]
     # One HTTP client for all simulated nodes: a thousand sessions do not need a thousand pools.
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:

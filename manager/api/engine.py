@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -236,8 +236,10 @@ def _query(request: web.Request, **extra: str) -> str:
 async def engine_proxy(request: web.Request) -> web.StreamResponse:
     """The node's engine API, relayed: same method, path, query, body and answer."""
     node = resolve_node(request.app[STORE], request.match_info["ref"])
-    path = (
-        "/" + quote(request.match_info["path"]) + (f"?{request.query_string}" if request.query_string else "")
+    # The engine's path as the client encoded it (image names hold ':' and '/'): everything after /engine.
+    raw = request.rel_url.raw_path
+    path = raw[raw.index("/engine/") + len("/engine") :] + (
+        f"?{request.query_string}" if request.query_string else ""
     )
     body: bytes | AsyncIterator[bytes] = b""
     if request.body_exists:

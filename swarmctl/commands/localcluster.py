@@ -102,6 +102,7 @@ def up(
         if done.returncode != 0:
             raise click.ClickException(f"the stack {stack_name} did not deploy (see above)")
     urls = asyncio.run(_answering_urls(lc, stack_name)) if stack_file else []
+    registry = lc.registry_addr()
     click.echo(
         f"\nThe local cluster is up: a manager and {hosts} agent hosts.\n"
         + "".join(f"  curl {url}\n" for url in urls)
@@ -112,6 +113,7 @@ def up(
             if stack_file
             else ""
         )
+        + (f"The cluster's registry is {registry} (it holds {registry}/busybox).\n" if registry else "")
         + f"Logs are in {base_dir / 'logs'}; `swarmctl cluster down` removes it all."
     )
 
@@ -161,7 +163,7 @@ def status(base_dir: Path) -> None:
         return
     nodes = info["nodes"]
     assert isinstance(nodes, list)
-    click.echo(f"The local cluster is running ({len(nodes)} nodes):")
+    click.echo(f"The local cluster is running ({len(nodes)} nodes; registry {info['registry'] or 'none'}):")
     for n in nodes:
         click.echo(
             f"  {n['status']['description']['hostname']:<10} {n['status']['state']:<8} {n['status']['addr']}"

@@ -1,6 +1,7 @@
 """A whole cluster on this machine: an embedded etcd, a manager and N agent hosts in network namespaces.
 
-``host0`` runs etcd (on its own loopback) and the manager (on its underlay address, port 2377); ``host1`` …
+``host0`` runs etcd (on its own loopback), the manager (on its underlay address, port 2377) and a registry
+(docker-registry, port 5000, seeded with busybox; agents may use it over plain HTTP); ``host1`` …
 ``hostN`` each run an agent with the real runc executor. Users and tests reach the manager through its unix
 socket, which crosses namespaces, so no cluster address ever exists outside the cluster's namespaces. Each
 agent's image store is seeded with the local busybox image, so services run with no registry at all.
@@ -34,6 +35,10 @@ from agent.runtime.local import LocalRuntimeOptions
 from swarmctl.localcluster.hosts import HostInfo, Underlay
 
 MANAGER_PORT = 2377
+#: The cluster's registry listens on host0's underlay address at this port (docker-registry's default).
+REGISTRY_PORT = 5000
+#: docker-registry from Debian's package.
+REGISTRY_BINARY = "/usr/bin/docker-registry"
 
 
 class LocalClusterError(RuntimeError):
@@ -53,6 +58,8 @@ class LocalClusterConfig:
     #: Where the services' published ports answer on this machine (empty: nowhere); ``cluster up`` says
     #: ``127.0.0.1``.
     forward_addr: str = ""
+    #: Run a registry on host0 holding the base images (busybox), which every agent may use over HTTP.
+    registry: bool = True
 
     @property
     def socket(self) -> Path:
@@ -88,9 +95,12 @@ class LocalCluster:
             await self._start_store_and_manager(hosts[0])
             token = await self._worker_token()
             manager_addr = f"{_ip(hosts[0])}:{MANAGER_PORT}"
+            registry = self._start_registry(hosts[0]) if cfg.registry else ""
             for host in hosts[1:]:
-                self._start_agent(host, manager_addr, token)
+                self._start_agent(host, manager_addr, token, registry)
             await self._wait_ready(cfg.hosts)
+            if registry:
+                await self._seed_registry(registry, hosts[1].name)
             if cfg.forward_addr:
                 self._start_forwarder(hosts[1])
         except BaseException:
@@ -122,7 +132,56 @@ class LocalCluster:
                 raise LocalClusterError(f"the manager did not come up; see {base / 'logs' / 'manager.log'}")
             await asyncio.sleep(0.2)
 
-    def _start_agent(self, host: HostInfo, manager_addr: str, token: str) -> None:
+    def _start_registry(self, host: HostInfo) -> str:
+        """docker-registry on ``host``'s underlay address; its address (HOST:PORT)."""
+        assert self.underlay is not None
+        base = self.config.base_dir / "registry"
+        base.mkdir(parents=True, exist_ok=True)
+        addr = f"{_ip(host)}:{REGISTRY_PORT}"
+        config = base / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {base / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {addr}\n  secret: {os.urandom(16).hex()}\n"
+        )
+        self.underlay.spawn(
+            host, [REGISTRY_BINARY, "serve", str(config)], self.config.base_dir / "logs" / "registry.log"
+        )
+        return addr
+
+    async def _seed_registry(self, registry: str, host: str) -> None:
+        """Push the base images from ``host``'s engine into the registry (through the manager's engine
+        calls), so ``REGISTRY/busybox`` can be pulled anywhere."""
+        connector = aiohttp.UnixConnector(path=str(self.config.socket))
+        engine = f"http://manager/nodes/{host}/engine"
+        deadline = time.monotonic() + self.config.timeout
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.post(f"{engine}/images/busybox/tag", params={"repo": f"{registry}/busybox"}) as r:
+                if r.status >= 300:
+                    raise LocalClusterError(f"tagging busybox for the registry failed: {await r.text()}")
+            while True:
+                async with http.post(
+                    f"{engine}/images/{registry}/busybox/push", params={"tag": "latest"}
+                ) as r:
+                    text = await r.text()
+                if r.status < 300 and '"error"' not in text:
+                    return
+                if time.monotonic() > deadline:
+                    raise LocalClusterError(
+                        f"pushing busybox to the registry at {registry} failed: {text.strip()[-300:]}; "
+                        f"see {self.config.base_dir / 'logs' / 'registry.log'}"
+                    )
+                await asyncio.sleep(0.3)  # the registry may still be starting
+
+    def registry_addr(self) -> str:
+        """Where the cluster's registry listens (HOST:PORT), or "" when it has none."""
+        if not self.config.registry or not self.config.state_file.exists():
+            return ""
+        hosts = Underlay.load(self.config.state_file).hosts
+        return f"{_ip(hosts[0])}:{REGISTRY_PORT}" if hosts else ""
+
+    def _start_agent(self, host: HostInfo, manager_addr: str, token: str, registry: str = "") -> None:
         assert self.underlay is not None
         state = self.config.base_dir / host.name
         make_busybox(ImageStore(state / "runtime" / "images"))
@@ -131,6 +190,8 @@ class LocalCluster:
             "--state-dir", str(state), "--executor", "runc", "--hostname", host.name,
             "--advertise-addr", _ip(host), "--netns-prefix", f"{self.config.prefix}-{host.name}-",
         ]  # fmt: skip
+        if registry:
+            self._agent_argv[host.name] += ["--insecure-registry", registry]
         self.start_agent(host.name)
 
     def _start_forwarder(self, host: HostInfo) -> None:
@@ -233,7 +294,7 @@ class LocalCluster:
         up = self.config.state_file.exists() and await self._manager_answers()
         hosts = Underlay.load(self.config.state_file).hosts if self.config.state_file.exists() else []
         nodes = await self._get("/nodes") if up else []
-        return {"up": up, "hosts": [h.name for h in hosts], "nodes": nodes}
+        return {"up": up, "hosts": [h.name for h in hosts], "nodes": nodes, "registry": self.registry_addr()}
 
 
 def _ip(host: HostInfo) -> str:
