@@ -146,11 +146,19 @@ async def call_node(
         await http.close()
         raise Unavailable(f"cannot reach manager {holder.manager_addr} for node {_name(node)}: {e}") from None
 
+    via = holder.manager_addr
+
+    async def read() -> bytes:
+        try:
+            return await resp.content.read(CHUNK)
+        except (aiohttp.ClientError, OSError) as e:
+            raise Unavailable(f"manager {via} broke off the answer of node {_name(node)}: {e}") from None
+
     async def close() -> None:
         resp.release()
         await http.close()
 
-    return NodeReply(resp.status, carried_headers(resp.headers), lambda: resp.content.read(CHUNK), close)
+    return NodeReply(resp.status, carried_headers(resp.headers), read, close)
 
 
 async def _local_reply(call: EngineCall, body: bytes | AsyncIterator[bytes]) -> NodeReply:
@@ -265,6 +273,10 @@ async def engine_proxy(request: web.Request) -> web.StreamResponse:
             pass  # the client left
         except Unavailable as e:
             log.info("engine call to node %s broke off: %s", _name(node), e)
+            # Ending the response normally would pass a cut-off body (half an image) as complete:
+            # drop the connection instead, so the client sees it broke off.
+            if request.transport is not None:
+                request.transport.close()
         return response
     finally:
         await reply.close()
