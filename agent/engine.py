@@ -93,6 +93,11 @@ class EngineRelay:
         self._calls: dict[str, _Call] = {}
         self._http: aiohttp.ClientSession | None = None
 
+    @property
+    def active(self) -> int:
+        """Calls running now."""
+        return len(self._calls)
+
     def handle(self, frame: EngineFrame, send: Send) -> None:
         """One frame from the manager (``send`` answers on the same session)."""
         if isinstance(frame, EngineRequest):

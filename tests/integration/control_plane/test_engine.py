@@ -200,7 +200,7 @@ def router(m: ManagerHarness) -> EngineRouter:
 
 
 def relay_calls(agent: Agent) -> int:
-    return len(agent.engine._calls)
+    return agent.engine.active
 
 
 def names(listing: list[dict[str, Any]]) -> set[tuple[str, str]]:
