@@ -16,16 +16,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.api.app import serve_unix
+from agent.network.controller import ControllerConfig, NetworkController
 from agent.runtime.local import LocalRuntime, LocalRuntimeOptions
+from overlay.dns import EmbeddedDNS
 
 
 async def serve(
-    root: Path, socket_path: Path, options: LocalRuntimeOptions, access_log: bool = False
+    root: Path,
+    socket_path: Path,
+    options: LocalRuntimeOptions,
+    access_log: bool = False,
+    network_dir: Path | None = None,
 ) -> None:
-    """Open the runtime, serve it until a stop signal, then close both."""
+    """Open the runtime (and the host's networking, given a state directory for it), serve them until a
+    stop signal, then close them; containers, their networks and published ports stay."""
     runtime = LocalRuntime(root, options)
     await runtime.open()
-    runner = await serve_unix(runtime, socket_path, access_log=access_log)
+    network = None
+    if network_dir is not None:
+        network = NetworkController(ControllerConfig(state_dir=network_dir), EmbeddedDNS())
+        await network.start()
+    runner = await serve_unix(runtime, socket_path, access_log=access_log, network=network)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -35,6 +46,9 @@ async def serve(
         await stop.wait()
     finally:
         await runner.cleanup()
+        if network is not None:
+            await network.close()
+            await network.dns.close()
         await runtime.close()
 
 
@@ -44,6 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--socket", type=Path, default=Path("/run/shoal/agent.sock"), help="unix socket")
     parser.add_argument("--storage-driver", default="auto", help="overlay, vfs or auto")
     parser.add_argument("--cgroup-parent", default="/shoal", help="cgroup parent of the containers")
+    parser.add_argument(
+        "--network-dir",
+        type=Path,
+        default=None,
+        help="state directory of the host's networking: bridge networks and published ports (default: "
+        "none, containers get only none or host networking)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--access-log", action="store_true", help="log every request (at INFO)")
     args = parser.parse_args(argv)
@@ -51,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     options = LocalRuntimeOptions(storage_driver=args.storage_driver, cgroup_parent=args.cgroup_parent)
-    asyncio.run(serve(args.root, args.socket, options, args.access_log))
+    asyncio.run(serve(args.root, args.socket, options, args.access_log, args.network_dir))
     return 0
 
 

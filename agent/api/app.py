@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +19,8 @@ from aiohttp import web
 from agent.api import containers, execs, images, logs, system, volumes
 from agent.api.common import API_VERSION, EXECS, RUNTIME, STREAM, ExecRegistry, json_response
 from agent.api.errors import docker_error
+from agent.api.networking import NETWORKS, ContainerNetworks
+from agent.network.controller import NetworkController
 from agent.runtime.local import LocalRuntime
 
 log = logging.getLogger("shoal.agent.api")
@@ -68,11 +70,25 @@ async def _add_headers(_request: web.Request, response: web.StreamResponse) -> N
     response.headers.setdefault("Server", "Shoal")
 
 
-def create_app(runtime: LocalRuntime) -> web.Application:
-    """The application serving ``runtime``; the caller opens and closes the runtime."""
+def create_app(runtime: LocalRuntime, network: NetworkController | None = None) -> web.Application:
+    """The application serving ``runtime``; the caller opens and closes the runtime (and ``network``).
+
+    With a started ``network`` controller, containers get bridge networking and published ports (see
+    :mod:`agent.api.networking`); without one they get ``none`` or ``host`` only.
+    """
     app = web.Application(middlewares=[docker_errors], client_max_size=0)
     app[RUNTIME] = runtime
     app[EXECS] = ExecRegistry()
+    if network is not None:
+        networks = ContainerNetworks(runtime, network)
+        app[NETWORKS] = networks
+
+        async def follow_removals(_app: web.Application) -> AsyncIterator[None]:
+            await networks.start()
+            yield
+            await networks.stop()
+
+        app.cleanup_ctx.append(follow_removals)
     app.on_response_prepare.append(_add_headers)
     for module in (system, containers, logs, execs, images, volumes):
         for method, path, handler in module.ROUTES:
@@ -81,16 +97,21 @@ def create_app(runtime: LocalRuntime) -> web.Application:
 
 
 async def serve_unix(
-    runtime: LocalRuntime, socket_path: Path | str, mode: int = 0o660, access_log: bool = False
+    runtime: LocalRuntime,
+    socket_path: Path | str,
+    mode: int = 0o660,
+    access_log: bool = False,
+    network: NetworkController | None = None,
 ) -> web.AppRunner:
-    """Serve ``runtime`` on a unix socket (a stale socket file is replaced); call ``cleanup()`` to stop."""
+    """Serve ``runtime`` (and ``network``, see :func:`create_app`) on a unix socket (a stale socket file
+    is replaced); call ``cleanup()`` to stop."""
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if path.is_socket():
             path.unlink()
     runner = web.AppRunner(
-        create_app(runtime),
+        create_app(runtime, network),
         handle_signals=False,
         access_log=logging.getLogger("shoal.agent.api.access") if access_log else None,
         shutdown_timeout=2,

@@ -14,6 +14,7 @@ from aiohttp import web
 from agent.api.common import json_response, runtime_of, start_stream, write_json_line
 from agent.api.create import parse_create
 from agent.api.errors import BadParameter
+from agent.api.networking import networks_of
 from agent.api.params import filters, flag, integer, json_body
 from agent.api.shapes import StatsSampler, container_inspect, container_summary
 from agent.runtime.containers.cgroups import CgroupStats
@@ -36,19 +37,31 @@ async def list_containers(request: web.Request) -> web.Response:
     if limit > 0:
         records = records[:limit]
     now = time.time_ns()
-    return json_response([container_summary(r, now) for r in records])
+    networks = networks_of(request)
+    out = []
+    for record in records:
+        summary = container_summary(record, now)
+        if networks is not None:
+            networks.summary(record, summary)
+        out.append(summary)
+    return json_response(out)
 
 
 async def create_container(request: web.Request) -> web.Response:
     """``POST /containers/create?name=``: 201 with the new container's ``Id``."""
-    parsed = parse_create(await json_body(request))
-    record = await runtime_of(request).create(
-        parsed.config,
-        request.query.get("name") or None,
-        mounts=parsed.mounts,
-        volumes=parsed.volumes,
-        volumes_from=parsed.volumes_from,
-    )
+    networks = networks_of(request)
+    parsed = parse_create(await json_body(request), networking=networks is not None)
+    name = request.query.get("name") or None
+    if networks is not None:
+        record = await networks.create(parsed, name)
+    else:
+        record = await runtime_of(request).create(
+            parsed.config,
+            name,
+            mounts=parsed.mounts,
+            volumes=parsed.volumes,
+            volumes_from=parsed.volumes_from,
+        )
     return json_response({"Id": record.id, "Warnings": list(parsed.warnings)}, status=201)
 
 
@@ -57,7 +70,11 @@ async def inspect_container(request: web.Request) -> web.Response:
     rt = runtime_of(request)
     record = rt.containers.inspect(_id(request))
     log_path = str(rt.containers.log_path(record.id))
-    return json_response(container_inspect(record, rt.snapshots.driver, log_path))
+    data = container_inspect(record, rt.snapshots.driver, log_path)
+    networks = networks_of(request)
+    if networks is not None:
+        networks.inspect(record, data)
+    return json_response(data)
 
 
 async def start_container(request: web.Request) -> web.Response:

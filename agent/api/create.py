@@ -1,31 +1,66 @@
 """``POST /containers/create``: Docker's body (``Config`` plus ``HostConfig``) → what the runtime takes.
 
-Fields this runtime has no use for yet (port bindings, log drivers, DNS…) are ignored, with a warning
-when ignoring them changes what the container gets (published ports, bridge networking).
+Served with a network controller, the body's networking (``NetworkMode``, ``PortBindings``,
+``PublishAllPorts``, ``ExposedPorts``, ``NetworkingConfig``, DNS, extra hosts, links) becomes a
+:class:`NetworkRequest` for :mod:`agent.api.networking`. Without one, the default network is ``none`` and
+published ports are ignored, each with a warning. Other fields this runtime has no use for (log drivers…)
+are ignored.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.api.errors import BadParameter, NotSupported
+from agent.network.model import DNSConfig
 from agent.runtime.containers.config import ContainerConfig, Resources, RestartPolicy, Ulimit
 from agent.runtime.volumes.spec import MountRequest, parse_bind, request
 
-_DEFAULT_NETWORKS = ("", "default", "bridge")
+DEFAULT_NETWORKS = ("", "default", "bridge")
+_PORT_KEY = re.compile(r"^(\d+)(?:/([a-zA-Z]+))?$")
+
+
+@dataclass(frozen=True)
+class EndpointRequest:
+    """``NetworkingConfig.EndpointsConfig[network]``: the container's aliases and addresses there."""
+
+    aliases: tuple[str, ...] = ()
+    ip: str = ""
+    ip6: str = ""
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    """What a create body asks of the network (read only when the API has a network controller)."""
+
+    #: ``HostConfig.NetworkMode`` as given: ``""``/``default``/``bridge``, a network, ``container:<ref>``.
+    mode: str = ""
+    #: ``HostConfig.PortBindings`` as ``-p`` specifications (``ip:host:container/proto``).
+    publish: tuple[str, ...] = ()
+    publish_all: bool = False
+    #: ``Config.ExposedPorts`` (``80/tcp``); the image's are added by the caller.
+    exposed: tuple[str, ...] = ()
+    #: By network name or id as the body gives it.
+    endpoints: Mapping[str, EndpointRequest] = field(default_factory=dict)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    extra_hosts: tuple[str, ...] = ()
+    links: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """A parsed create body: the container's config, its mounts, and what was ignored."""
+    """A parsed create body: the container's config, its mounts, its network, and what was ignored."""
 
     config: ContainerConfig
     mounts: tuple[MountRequest, ...] = ()
     volumes: tuple[str, ...] = ()
     volumes_from: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: Set only when parsed for an API with a network controller.
+    network: NetworkRequest | None = None
 
 
 def _strings(body: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
@@ -139,8 +174,67 @@ def _resources(host: Mapping[str, Any]) -> Resources:
     )
 
 
-def parse_create(body: Mapping[str, Any]) -> CreateRequest:
-    """Turn a create body into a :class:`CreateRequest`; raises :class:`BadParameter` on bad fields."""
+def port_specs(bindings: Mapping[str, Any]) -> tuple[str, ...]:
+    """``HostConfig.PortBindings`` (``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}``) as ``-p`` specs.
+
+    An empty ``HostPort`` (or ``[{}]``) publishes on any free port; ``null`` publishes nothing, as in Docker.
+    """
+    out = []
+    for key, entries in bindings.items():
+        match = _PORT_KEY.match(str(key))
+        if match is None:
+            raise BadParameter("HostConfig.PortBindings", f"invalid port {key!r}")
+        target = f"{match[1]}/{(match[2] or 'tcp').lower()}"
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise BadParameter("HostConfig.PortBindings", f"{key}: expected a list of bindings")
+        for entry in entries or [{}]:
+            host_ip, host_port = _str(entry, "HostIp"), _str(entry, "HostPort")
+            if ":" in host_ip:
+                host_ip = f"[{host_ip}]"
+            prefix = f"{host_ip}:{host_port}:" if host_ip else (f"{host_port}:" if host_port else "")
+            out.append(prefix + target)
+    return tuple(out)
+
+
+def parse_network(body: Mapping[str, Any]) -> NetworkRequest:
+    """The networking part of a create body."""
+    host = _dict(body, "HostConfig")
+    endpoints = {}
+    for network, item in _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig").items():
+        if item is None:
+            item = {}
+        if not isinstance(item, dict):
+            raise BadParameter("NetworkingConfig.EndpointsConfig", f"{network}: expected an object")
+        ipam = _dict(item, "IPAMConfig")
+        endpoints[str(network)] = EndpointRequest(
+            aliases=tuple(str(a) for a in _list(item, "Aliases")),
+            ip=_str(ipam, "IPv4Address"),
+            ip6=_str(ipam, "IPv6Address"),
+        )
+    return NetworkRequest(
+        mode=_str(host, "NetworkMode"),
+        publish=port_specs(_dict(host, "PortBindings")),
+        publish_all=bool(host.get("PublishAllPorts")),
+        exposed=tuple(sorted(str(p) for p in _dict(body, "ExposedPorts"))),
+        endpoints=endpoints,
+        dns=DNSConfig(
+            servers=tuple(str(v) for v in _list(host, "Dns")),
+            search=tuple(str(v) for v in _list(host, "DnsSearch")),
+            options=tuple(str(v) for v in _list(host, "DnsOptions")),
+        ),
+        extra_hosts=tuple(str(v) for v in _list(host, "ExtraHosts")),
+        links=tuple(str(v) for v in _list(host, "Links")),
+    )
+
+
+def parse_create(body: Mapping[str, Any], *, networking: bool = False) -> CreateRequest:
+    """Turn a create body into a :class:`CreateRequest`; raises :class:`BadParameter` on bad fields.
+
+    ``networking``: the API has a network controller, so ``network`` is parsed and the config's
+    ``network_mode`` is a placeholder (``none``) until the container's sandbox gives its namespace.
+    """
     image = _str(body, "Image")
     if not image:
         raise BadParameter("Image", "an image is required")
@@ -161,12 +255,15 @@ def parse_create(body: Mapping[str, Any]) -> CreateRequest:
             tmpfs[tmp[0]] = tmp[1]
 
     network = _str(host, "NetworkMode")
-    if network in _DEFAULT_NETWORKS:
+    network_request = parse_network(body) if networking else None
+    if networking:
+        network = network if network in ("none", "host") else "none"
+    elif network in DEFAULT_NETWORKS:
         network = "none"
         warnings.append("bridge networking is not available yet: the container has only a loopback interface")
     elif network not in ("none", "host"):
         raise BadParameter("HostConfig.NetworkMode", f"network mode {network!r} is not supported")
-    if _dict(host, "PortBindings"):
+    if not networking and _dict(host, "PortBindings"):
         warnings.append("published ports are not available yet: PortBindings ignored")
 
     policy = _dict(host, "RestartPolicy")
@@ -213,4 +310,5 @@ def parse_create(body: Mapping[str, Any]) -> CreateRequest:
         volumes=tuple(sorted(_dict(body, "Volumes"))),
         volumes_from=tuple(str(v) for v in _list(host, "VolumesFrom")),
         warnings=tuple(warnings),
+        network=network_request,
     )

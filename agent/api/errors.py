@@ -1,12 +1,27 @@
 """Errors of the local API, and the one place runtime errors become Docker's status codes.
 
 Docker answers every error with ``{"message": "…"}``; the status says what kind it is: 400 bad
-parameters, 404 no such object, 409 conflicts (names in use, wrong state, in-use objects), 500 anything
-else (the runtime failed).
+parameters, 404 no such object (networks too), 409 conflicts (names in use, wrong state, in-use objects,
+host ports already published), 500 anything else (the runtime or the host's networking failed).
 """
 
 from __future__ import annotations
 
+from agent.network.errors import (
+    AddressInUse,
+    AmbiguousNetwork,
+    EndpointExists,
+    EndpointNotFound,
+    InvalidNetworkConfig,
+    LinkError,
+    NetworkExists,
+    NetworkInUse,
+    NetworkNotFound,
+    PortAlreadyAllocated,
+    PredefinedNetwork,
+    SandboxExists,
+    SandboxNotFound,
+)
 from agent.runtime.errors import (
     AmbiguousContainer,
     AmbiguousImage,
@@ -85,6 +100,17 @@ _BAD_REQUEST = (
     AmbiguousImage,
 )
 _CONFLICT = (NameConflict, ContainerStateConflict, ImageInUse, VolumeInUse)
+# As agent/network/errors.py lays out: a port already published is a conflict, not a runtime failure.
+_NETWORK_NOT_FOUND = (NetworkNotFound, SandboxNotFound, EndpointNotFound)
+_NETWORK_CONFLICT = (
+    PortAlreadyAllocated,
+    AddressInUse,
+    NetworkExists,
+    NetworkInUse,
+    EndpointExists,
+    SandboxExists,
+)
+_NETWORK_BAD_REQUEST = (InvalidNetworkConfig, AmbiguousNetwork, LinkError, PredefinedNetwork)
 
 
 def docker_error(exc: Exception) -> tuple[int, str]:
@@ -105,8 +131,12 @@ def docker_error(exc: Exception) -> tuple[int, str]:
         )
     if isinstance(exc, (ImageNotFound, VolumeNotFound, RemoteNotFound)):
         return 404, str(exc)
-    if isinstance(exc, _CONFLICT):
+    if isinstance(exc, _CONFLICT + _NETWORK_CONFLICT):
         return 409, str(exc)
+    if isinstance(exc, _NETWORK_NOT_FOUND):
+        return 404, str(exc)
+    if isinstance(exc, _NETWORK_BAD_REQUEST):
+        return 400, str(exc)
     if isinstance(exc, OCIRuntimeError):
         # Docker: a command that cannot be found or run is the caller's mistake (400), else the runtime's.
         return (400 if exc.exit_code in (126, 127) else 500), exc.message

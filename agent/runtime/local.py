@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -89,6 +89,9 @@ class LocalRuntime:
         )
         self._held: dict[str, int] = {}  # volumes a create in progress has planned but not yet recorded
         self._purge: set[str] = set()  # containers whose anonymous volumes go with them
+        #: Called with the record of every container once it is gone (``rm``, auto-remove, a failed
+        #: create): what others attached to a container (the local API: its network sandbox) goes too.
+        self.removal_hooks: list[Callable[[ContainerRecord], Awaitable[None]]] = []
 
     async def open(self) -> None:
         """Adopt the containers of a previous run and tidy what a crash left half-made."""
@@ -206,9 +209,11 @@ class LocalRuntime:
         mounts: Sequence[MountRequest] = (),
         volumes: Sequence[str] = (),
         volumes_from: Sequence[str] = (),
+        container_id: str | None = None,
     ) -> ContainerRecord:
         """``docker create``: ``config.image`` must be a local image; ``mounts`` are binds and volumes,
-        ``volumes`` extra anonymous volume paths, ``volumes_from`` ``container[:ro|:rw]`` references.
+        ``volumes`` extra anonymous volume paths, ``volumes_from`` ``container[:ro|:rw]`` references;
+        ``container_id`` and ``name`` may come from :meth:`ContainerRuntime.reserve`.
         """
         image = self.images.get(config.image)
         image_config = ImageConfig.from_oci(image.config.container)
@@ -237,7 +242,7 @@ class LocalRuntime:
                 config.tmpfs,
             )
             config = replace(config, mounts=tuple(p.mount for p in planned))
-            record = await self.containers.create(config, image_config, name)
+            record = await self.containers.create(config, image_config, name, container_id=container_id)
             try:
                 await asyncio.to_thread(self._copy_content, Path(record.rootfs), planned)
             except BaseException:
@@ -282,6 +287,12 @@ class LocalRuntime:
 
     async def _released(self, record: ContainerRecord) -> None:
         """Called by the container runtime once a container is gone."""
+        for hook in list(self.removal_hooks):
+            try:
+                await hook(record)
+            except Exception:
+                # The container is gone whatever a hook says; what it failed to release is logged.
+                log.exception("releasing what container %s held", record.id[:12])
         if record.id not in self._purge and not record.config.auto_remove:
             return
         for mount in record.config.mounts:

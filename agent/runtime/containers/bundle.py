@@ -1,8 +1,8 @@
 """One run's bundle: the files runc and conmon use, written from a container's record.
 
-``<state>/containers/<id>/`` holds ``hostname`` and ``hosts`` (bound into the container) and ``bundle/``
-with ``config.json`` (the OCI spec) and the pid and OOM files conmon writes, which a new run must not
-mistake for its own.
+``<state>/containers/<id>/`` holds ``hostname`` and ``hosts`` (bound into the container, unless its config
+names an ``etc_dir`` with its network sandbox's files) and ``bundle/`` with ``config.json`` (the OCI spec)
+and the pid and OOM files conmon writes, which a new run must not mistake for its own.
 """
 
 from __future__ import annotations
@@ -43,18 +43,19 @@ def write_bundle(
     bundle.mkdir(parents=True, exist_ok=True)
     rootfs = Path(record.rootfs)
     plan = plan_process(cid, record.config, record.image_config)
-    (container_dir / "hostname").write_text(plan.hostname + "\n")
-    (container_dir / "hosts").write_text(HOSTS)
+    if record.config.etc_dir:
+        # The network sandbox's files: they name the container's addresses and its resolver.
+        etc = Path(record.config.etc_dir)
+        spec_paths = SpecPaths(rootfs, etc / "hostname", etc / "hosts", etc / "resolv.conf", init_binary)
+    else:
+        (container_dir / "hostname").write_text(plan.hostname + "\n")
+        (container_dir / "hosts").write_text(HOSTS)
+        spec_paths = SpecPaths(rootfs, container_dir / "hostname", container_dir / "hosts", None, init_binary)
     spec = build_spec(
         cid,
         record.config,
         record.image_config,
-        SpecPaths(
-            rootfs=rootfs,
-            hostname_file=container_dir / "hostname",
-            hosts_file=container_dir / "hosts",
-            init_binary=init_binary,
-        ),
+        spec_paths,
         record.cgroups_path,
         cgroups.is_v2(),
         annotations={"org.shoal.container.name": record.name},

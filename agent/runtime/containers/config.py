@@ -261,6 +261,10 @@ class ContainerConfig:
     no_new_privileges: bool = True
     seccomp_profile: str = "default"
     network_mode: str = "none"
+    #: A directory with the container's ``hosts``, ``hostname`` and ``resolv.conf``, kept by its network
+    #: sandbox and bound at ``/etc`` instead of the runtime's own; empty: the runtime writes ``hosts``
+    #: and ``hostname`` itself and the image's ``resolv.conf`` stays.
+    etc_dir: str = ""
     resources: Resources = field(default_factory=Resources)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     auto_remove: bool = False
@@ -324,6 +328,7 @@ class ContainerConfig:
             "no_new_privileges": self.no_new_privileges,
             "seccomp_profile": self.seccomp_profile,
             "network_mode": self.network_mode,
+            "etc_dir": self.etc_dir,
             "resources": {
                 "memory": self.resources.memory,
                 "memory_swap": self.resources.memory_swap,
@@ -367,6 +372,7 @@ class ContainerConfig:
             no_new_privileges=data.get("no_new_privileges", True),
             seccomp_profile=data.get("seccomp_profile", "default"),
             network_mode=data.get("network_mode", "none"),
+            etc_dir=data.get("etc_dir", ""),
             resources=Resources(**data.get("resources", {})),
             restart_policy=RestartPolicy(name, retries),
             auto_remove=bool(data.get("auto_remove")),

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,17 @@ from agent.runtime.errors import (
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerStateConflict,
+    InvalidContainerConfig,
     NameConflict,
     OCIRuntimeError,
 )
 
 log = logging.getLogger("shoal.agent.runtime")
+
+
+def new_container_id() -> str:
+    """A new container id: 64 hex digits, as Docker's."""
+    return os.urandom(32).hex()
 
 
 @dataclass(eq=False)
@@ -198,29 +204,58 @@ class ContainerRuntime(ContainerInsight):
 
     # --- create -------------------------------------------------------------------------------------------
 
+    def _name_for(self, name: str | None, container_id: str) -> str:
+        """``name`` checked (or a random free one), refusing names held by anyone but ``container_id``."""
+        taken = {live.record.name: cid for cid, live in self._containers.items()}
+        taken |= {n: cid for n, cid in self._reserved.items() if cid != container_id}
+        if not name:
+            return random_name(taken)
+        name = validate_name(name)
+        if name in taken:
+            raise NameConflict(name, taken[name])
+        return name
+
+    @contextlib.contextmanager
+    def reserve(self, name: str | None = None) -> Iterator[tuple[str, str]]:
+        """A new container's ``(id, name)``, the name held until the block ends, for callers that make
+        something keyed by the container first (the local API: its network sandbox, whose namespace is
+        part of the config); they pass both to :meth:`create` inside the block."""
+        container_id = new_container_id()
+        name = self._name_for(name, container_id)
+        self._reserved[name] = container_id
+        try:
+            yield container_id, name
+        finally:
+            if self._reserved.get(name) == container_id:
+                del self._reserved[name]
+
     async def create(
-        self, config: ContainerConfig, image_config: ImageConfig | None = None, name: str | None = None
+        self,
+        config: ContainerConfig,
+        image_config: ImageConfig | None = None,
+        name: str | None = None,
+        *,
+        container_id: str | None = None,
     ) -> ContainerRecord:
-        """Create a container (rootfs prepared, nothing running yet), as ``docker create``."""
+        """Create a container (rootfs prepared, nothing running yet), as ``docker create``; the id is
+        new unless given (from :meth:`reserve`)."""
         config.validate()
         image_config = image_config or ImageConfig()
-        container_id = os.urandom(32).hex()
-        taken = {live.record.name: cid for cid, live in self._containers.items()} | self._reserved
-        if name:
-            name = validate_name(name)
-            if name in taken:
-                raise NameConflict(name, taken[name])
-        else:
-            name = random_name(taken)
+        container_id = container_id or new_container_id()
+        if container_id in self._containers:
+            raise InvalidContainerConfig("id", f"container {container_id} already exists")
+        name = self._name_for(name, container_id)
         plan = plan_process(container_id, config, image_config)
         # Hold the name while the rootfs is prepared, so a concurrent create cannot take it.
+        held = self._reserved.get(name) == container_id  # by the caller, through reserve()
         self._reserved[name] = container_id
         try:
             rootfs = await asyncio.to_thread(
                 self.provider.prepare, container_id, config.image_id or config.image
             )
         finally:
-            del self._reserved[name]
+            if not held:
+                del self._reserved[name]
         record = ContainerRecord(
             id=container_id,
             name=name,
