@@ -134,7 +134,19 @@ def completion(shell: str) -> None:
 
 
 def _register() -> None:
-    from swarmctl.commands import cluster, localcluster, network, node, secret, service, stack, task, volume
+    from swarmctl.commands import (
+        cluster,
+        container,
+        image,
+        localcluster,
+        network,
+        node,
+        secret,
+        service,
+        stack,
+        task,
+        volume,
+    )
 
     _ = localcluster  # adds up/down/status to the cluster group
 
@@ -146,6 +158,8 @@ def _register() -> None:
         volume.volume,
         secret.secret,
         task.task,
+        container.container,
+        image.image,
         cluster.cluster,
     ):
         cli.add_command(group)

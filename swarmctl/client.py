@@ -14,9 +14,10 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from api import Cluster, Network, Node, Secret, Service, Task, Volume, from_plain, to_plain
@@ -245,6 +246,50 @@ class Client:
         finally:
             conn.close()
 
+    @contextmanager
+    def open_stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        data: bytes | BinaryIO | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[Response]:
+        """Send one request on a connection of its own, with no read timeout (a followed log, a pull, a
+        ``stop -t 60`` may take long), and give the response to read as it comes. ``body`` is sent as JSON,
+        ``data`` as it is (bytes or a file, whose size is then sent as Content-Length). Raises APIError
+        before yielding when the status is an error."""
+        if query:
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None}, doseq=True)
+        sent = dict(headers or {})
+        payload: bytes | BinaryIO | None = data
+        if body is not None:
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            sent.setdefault("Content-Type", "application/json")
+        if payload is not None and not isinstance(payload, bytes):
+            sent.setdefault("Content-Length", str(_remaining(payload)))
+        if self.debug:
+            print(f"> {method} {path} (stream)", file=sys.stderr)
+        conn = self._new_connection()
+        try:
+            try:
+                conn.connect()
+                if conn.sock is not None:
+                    conn.sock.settimeout(None)
+                conn.request(method, path, body=payload, headers=sent)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise ManagerUnreachable(str(self.address), _reason(e)) from None
+            if self.debug:
+                print(f"< {resp.status}", file=sys.stderr)
+            if resp.status >= 400:
+                raise _api_error(resp.status, _read_all(resp, self.address), method, path)
+            yield Response(resp, str(self.address))
+        finally:
+            conn.close()
+
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query or None)
 
@@ -367,6 +412,144 @@ class Client:
             if e.not_found:
                 return None
             raise
+
+    # --- containers and images on the nodes (classic Swarm) -------------------------------------------
+    def containers(
+        self, *, stopped: bool = False, filters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Docker container summaries of every connected node, each with its ``Node`` (``stopped``:
+        ``all=1``, stopped containers too)."""
+        query: dict[str, Any] = {"all": "1" if stopped else "0"}
+        if filters:
+            query["filters"] = json.dumps(filters, separators=(",", ":"))
+        return list(self.request("GET", "/containers/json", query=query) or [])
+
+    def container(self, ref: str) -> dict[str, Any]:
+        """A container's Docker inspect body with its ``Node``; ``ref`` is an id (prefix), a name or
+        ``NODE/NAME``."""
+        return dict(self.get(f"/containers/{_q(ref)}/json"))
+
+    def create_container(self, body: dict[str, Any], name: str = "", node: str = "") -> dict[str, Any]:
+        """Create a container where the scheduler places it (on ``node``, a hostname or id, when given):
+        ``{"Id", "Warnings", "Node"}``."""
+        query = {"name": name or None, "node": node or None}
+        return dict(self.request("POST", "/containers/create", query=query, body=body))
+
+    def images(self) -> list[dict[str, Any]]:
+        """Docker image summaries of every connected node, each with its ``Node``."""
+        return list(self.get("/images/json") or [])
+
+    def engine(
+        self, node_id: str, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None
+    ) -> Any:
+        """One call of a node's Docker Engine API (``path`` as Docker's, ``/containers/…``), read whole,
+        without a read timeout; the decoded JSON answer, or None when it is empty."""
+        with self.open_stream(method, engine_path(node_id, path), query=query, body=body) as resp:
+            return resp.json()
+
+    def engine_stream(
+        self,
+        node_id: str,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        data: bytes | BinaryIO | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> AbstractContextManager[Response]:
+        """:meth:`open_stream` on a node's Docker Engine API."""
+        return self.open_stream(
+            method, engine_path(node_id, path), query=query, body=body, data=data, headers=headers
+        )
+
+
+class Response:
+    """A streamed response: its chunks as they arrive, or its JSON lines. A broken connection while
+    reading is :class:`ManagerUnreachable`."""
+
+    def __init__(self, resp: http.client.HTTPResponse, address: str) -> None:
+        self.raw = resp
+        self.status = resp.status
+        self.address = address
+
+    @property
+    def content_type(self) -> str:
+        return (self.raw.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
+
+    def chunks(self, size: int = 65536) -> Iterator[bytes]:
+        """The body as it arrives (each chunk as soon as some bytes are there)."""
+        while True:
+            try:
+                chunk = self.raw.read1(size)
+            except (OSError, http.client.HTTPException) as e:
+                raise ManagerUnreachable(self.address, f"the stream broke: {_reason(e)}") from None
+            if not chunk:
+                return
+            yield chunk
+
+    def read(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def json(self) -> Any:
+        """The whole body as JSON (None when empty)."""
+        data = self.read()
+        if not data.strip():
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise APIError(self.status, f"not a JSON answer: {data[:100]!r}") from None
+
+    def json_lines(self) -> Iterator[Any]:
+        """Each JSON value of a JSON-lines body (Docker's progress streams) as its line arrives."""
+        buffer = b""
+        for chunk in self.chunks():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield _json_line(line, self.status)
+        if buffer.strip():
+            yield _json_line(buffer, self.status)
+
+
+def _json_line(line: bytes, status: int) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise APIError(status, f"not a JSON line: {line[:100]!r}") from None
+
+
+def _read_all(resp: http.client.HTTPResponse, address: object) -> bytes:
+    try:
+        return resp.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise ManagerUnreachable(str(address), _reason(e)) from None
+
+
+def _api_error(status: int, data: bytes, method: str, path: str) -> APIError:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = None
+    message = parsed.get("message") if isinstance(parsed, dict) else None
+    if not message:
+        message = data.decode(errors="replace").strip() or http.client.responses.get(status, "error")
+    return APIError(status, str(message), method, path)
+
+
+def _remaining(f: BinaryIO) -> int:
+    """How many bytes are left to read in a seekable file."""
+    here = f.tell()
+    end = f.seek(0, 2)
+    f.seek(here)
+    return end - here
+
+
+def engine_path(node_id: str, path: str) -> str:
+    """The manager's path to ``path`` of a node's Docker Engine API."""
+    return f"/nodes/{_q(node_id)}/engine{path}"
 
 
 def _q(ref: str) -> str:
