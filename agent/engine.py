@@ -64,7 +64,7 @@ async def serve_engine(executor: Executor, path: Path) -> web.AppRunner | None:
     if not isinstance(executor, RuncExecutor):
         return None
     await executor.describe()  # opens the runtime and the host's networking
-    return await serve_unix(executor.runtime, path, mode=0o660)
+    return await serve_unix(executor.runtime, path, mode=0o660, network=executor.network)
 
 
 @dataclass(eq=False)

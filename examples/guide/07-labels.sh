@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Labels (the user guide's labels, on nodes and services): label two nodes, filter the node list by a
-# label, place a service by a label constraint, and find services by their own labels.
+# Labels (the user guide's labels, on nodes, services and containers): label two nodes, filter the node list
+# by a label, place a service by a label constraint, find services by their own labels, and containers too.
 source "$(dirname "$0")/lib.sh"
 on_exit ask node update --label-rm zone host1
 on_exit ask node update --label-rm zone host2
 on_exit ask service rm east-app
+on_exit ask container rm -f labelled-db labelled-web
 
 say "Label host1 and host2 with the zone they are in"
 swarm node update --label-add zone=east host1
@@ -29,6 +30,16 @@ say "Find services by label"
 swarm service ls --filter label=tier=edge
 [[ $(ask service ls --filter label=tier=edge --format '{{.Name}}') == east-app ]] || fail "no east-app"
 ok "the label finds east-app"
+
+say "Containers with labels, found by them on every node"
+swarm container run -d --name labelled-db -l tier=db -l owner=guide busybox sleep 100000
+swarm container run -d --name labelled-web -l tier=web -l owner=guide busybox sleep 100000
+swarm container ls --filter label=owner=guide
+[[ $(ask container ls --filter label=tier=db --format '{{.Names}}') == */labelled-db ]] ||
+  fail "the label does not find labelled-db alone"
+swarm container inspect --format '{{json .Config.Labels}}' labelled-web
+swarm container rm -f labelled-db labelled-web
+ok "labels find containers wherever they run"
 
 say "Clean up: the service and the labels"
 swarm service rm east-app

@@ -72,3 +72,20 @@ _cleanup() {
 }
 trap _cleanup EXIT
 ask node ls >/dev/null 2>&1 || fail "no cluster answers at $SHOAL_HOST (start one with: make up)"
+# registry: the cluster's registry (HOST:PORT): SHOAL_REGISTRY, or the one `make up` runs on host0.
+registry() {
+  if [[ -n ${SHOAL_REGISTRY:-} ]]; then
+    echo "$SHOAL_REGISTRY"
+    return
+  fi
+  local dir=${SHOAL_HOST#unix://}
+  "$SWARMCTL" cluster status --dir "${dir%/*}" | sed -n 's/.*; registry \([^)]*\)).*/\1/p'
+}
+# container_state NAME: the container's state (running, exited …).
+container_state() { ask container inspect --format '{{.State.Status}}' "$1"; }
+# capture ARGS: like swarm, and keeps what the command printed in OUT.
+capture() {
+  printf '$ swarmctl %s\n' "$(shown "$@")"
+  OUT=$("$SWARMCTL" "$@")
+  printf '%s\n' "$OUT"
+}
