@@ -25,6 +25,7 @@ from aiohttp import web
 from agent.api.app import serve_unix
 from agent.executor import Executor
 from agent.executor_runc import RuncExecutor
+from api.credit import Credit
 from api.engine import (
     CHUNK,
     EngineAck,
@@ -71,16 +72,9 @@ async def serve_engine(executor: Executor, path: Path) -> web.AppRunner | None:
 class _Call:
     request: EngineRequest
     send: Send
-    credit: int
-    credit_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    credit: Credit
     body: asyncio.Queue[EngineData] = field(default_factory=asyncio.Queue)
     job: asyncio.Task[None] | None = None
-
-    async def take_credit(self) -> None:
-        while self.credit <= 0:
-            self.credit_changed.clear()
-            await self.credit_changed.wait()
-        self.credit -= 1
 
 
 class EngineRelay:
@@ -109,13 +103,12 @@ class EngineRelay:
         if isinstance(frame, EngineData):
             call.body.put_nowait(frame)  # bounded: the manager keeps to the window we grant
         elif isinstance(frame, EngineAck):
-            call.credit += max(frame.frames, 0)
-            call.credit_changed.set()
+            call.credit.give(frame.frames)
         elif call.job is not None:
             call.job.cancel()
 
     def _start(self, frame: EngineRequest, send: Send) -> None:
-        call = _Call(frame, send, max(frame.window, 1))
+        call = _Call(frame, send, Credit(max(frame.window, 1)))
         if frame.call_id in self._calls or len(self._calls) >= MAX_CALLS:
             call.job = asyncio.get_running_loop().create_task(self._refuse(call))
             return
@@ -156,7 +149,7 @@ class EngineRelay:
                 )
                 try:
                     while chunk := await response.content.read(CHUNK):
-                        await call.take_credit()
+                        await call.credit.take()
                         await call.send(EngineData(req.call_id, chunk))
                 except (aiohttp.ClientError, OSError) as e:
                     await call.send(EngineData(req.call_id, end=True, error=str(e) or type(e).__name__))

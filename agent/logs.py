@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agent.errors import AgentError
 from agent.executor import Executor, LogReader
 from api import Task
+from api.credit import Credit
 from api.logs import LogLine, LogsAck, LogsBatch, LogsCancel, LogsEnd, LogsSubscribe
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,8 @@ TaskLookup = Callable[[str], Task | None]
 class _Subscription:
     frame: LogsSubscribe
     send: Send
-    credit: int
-    credit_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    credit: Credit
     job: asyncio.Task[None] | None = None
-
-    async def take_credit(self) -> None:
-        while self.credit <= 0:
-            self.credit_changed.clear()
-            await self.credit_changed.wait()
-        self.credit -= 1
-
-    def give_credit(self, frames: int) -> None:
-        self.credit += max(frames, 0)
-        self.credit_changed.set()
 
 
 @dataclass(frozen=True)
@@ -91,7 +81,7 @@ class LogStreamer:
         if sub is None:
             return  # already over: a late ack, or a cancel that crossed the end
         if isinstance(frame, LogsAck):
-            sub.give_credit(frame.frames)
+            sub.credit.give(frame.frames)
         else:
             self._drop(sub)
 
@@ -114,7 +104,7 @@ class LogStreamer:
             reason = "duplicate subscription" if sid in self._subs else "too many log streams on this node"
             self._spawn_end(send, LogsEnd(sid, "", reason))
             return
-        sub = _Subscription(frame, send, max(frame.window, 1))
+        sub = _Subscription(frame, send, Credit(max(frame.window, 1)))
         self._subs[sid] = sub
         sub.job = asyncio.get_running_loop().create_task(self._serve(sub), name=f"logs-{sid}")
 
@@ -188,7 +178,7 @@ class LogStreamer:
                     except asyncio.QueueEmpty:
                         break
                 if batch:
-                    await sub.take_credit()
+                    await sub.credit.take()
                     await sub.send(LogsBatch(sid, task_id, tuple(batch)))
             if done.error:
                 await sub.send(LogsEnd(sid, task_id, done.error))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from api import new_id
+from api.credit import Credit
 from api.engine import (
     DEFAULT_WINDOW,
     EngineAck,
@@ -58,8 +59,7 @@ class EngineCall:
     _response: asyncio.Future[EngineResponse] = field(default_factory=_future)
     _pieces: asyncio.Queue[EngineData] = field(default_factory=asyncio.Queue)
     #: Request body pieces the agent may still take before it acknowledges some.
-    _credit: int = DEFAULT_WINDOW
-    _credit_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _credit: Credit = field(default_factory=lambda: Credit(DEFAULT_WINDOW))
     _unacked: int = 0
     #: The agent sent its last frame (or the session ended): nothing more comes.
     ended: bool = False
@@ -67,12 +67,8 @@ class EngineCall:
 
     async def write(self, data: bytes, *, end: bool = False) -> None:
         """Send more of the request body (``end``: the last piece), waiting for credit."""
-        while self._credit <= 0:
-            if self.ended:
-                raise EngineCallError(f"the engine call to node {self.node_id} ended")
-            self._credit_changed.clear()
-            await self._credit_changed.wait()
-        self._credit -= 1
+        if self.ended or not await self._credit.take():
+            raise EngineCallError(f"the engine call to node {self.node_id} ended")
         if not await self.router.send(self.node_id, EngineData(self.id, data, end=end)):
             raise EngineCallError(f"the session of node {self.node_id} ended")
 
@@ -111,11 +107,11 @@ class EngineCall:
             if not self._response.done():
                 self._response.set_result(frame)
         elif isinstance(frame, EngineAck):
-            self._credit += max(frame.frames, 0)
-            self._credit_changed.set()
+            self._credit.give(frame.frames)
         else:
             if frame.end:
                 self.ended = True
+                self._credit.close()  # a body still being written is not wanted any more
                 self.router.forget(self)
                 if not self._response.done():
                     self._response.set_exception(EngineCallError(f"node {self.node_id}: {frame.error}"))
@@ -123,7 +119,7 @@ class EngineCall:
 
     def _fail(self, reason: str) -> None:
         self.ended = True
-        self._credit_changed.set()
+        self._credit.close()
         if not self._response.done():
             self._response.set_exception(EngineCallError(reason))
         self._pieces.put_nowait(EngineData(self.id, end=True, error=reason))

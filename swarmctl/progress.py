@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import Self, TextIO
 
 from rich.console import Console
 from rich.live import Live
@@ -149,8 +149,9 @@ def _problems(current: Sequence[Task], tasks: Sequence[Task]) -> tuple[str, ...]
 
 
 # --- display ------------------------------------------------------------------------------------------
-class Display:
-    """Shows assessments as they change."""
+class LiveDisplay:
+    """Where progress shows: a rich live region when ``live`` (default: when the stream is a terminal),
+    else plain lines the subclass prints; nothing when ``quiet``. Use it as a context manager."""
 
     def __init__(
         self, stream: TextIO | None = None, *, live: bool | None = None, quiet: bool = False
@@ -158,10 +159,9 @@ class Display:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.live_mode = not quiet and (self.stream.isatty() if live is None else live)
-        self._last: dict[str, str] = {}
         self._live: Live | None = None
 
-    def __enter__(self) -> Display:
+    def __enter__(self) -> Self:
         if self.live_mode:
             self._live = Live(console=Console(file=self.stream), refresh_per_second=8, transient=False)
             self._live.__enter__()
@@ -169,8 +169,22 @@ class Display:
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
+            self._last_frame(self._live)
             self._live.__exit__(None, None, None)
             self._live = None
+
+    def _last_frame(self, live: Live) -> None:
+        """Draw the final state before the live region stops (nothing to redraw by default)."""
+
+
+class Display(LiveDisplay):
+    """Shows assessments as they change."""
+
+    def __init__(
+        self, stream: TextIO | None = None, *, live: bool | None = None, quiet: bool = False
+    ) -> None:
+        super().__init__(stream, live=live, quiet=quiet)
+        self._last: dict[str, str] = {}
 
     def show(self, items: Sequence[Assessment]) -> None:
         if self.quiet:

@@ -10,16 +10,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
 from swarmctl.errors import SwarmctlError
+from swarmctl.progress import LiveDisplay
 
 STDIN, STDOUT, STDERR, SYSTEM_ERR = 0, 1, 2, 3
 HEADER_SIZE = 8
@@ -204,7 +204,7 @@ class Job:
         return f"{text} ({busy[-1].lower()})" if busy else text
 
 
-class JobsDisplay:
+class JobsDisplay(LiveDisplay):
     """Shows several nodes' jobs as they change; nothing when ``quiet``. ``plain=False``: no lines when not
     live (for a job whose lines are all its result, which the command prints anyway)."""
 
@@ -216,24 +216,12 @@ class JobsDisplay:
         quiet: bool = False,
         plain: bool = True,
     ) -> None:
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
+        super().__init__(stream, live=live, quiet=quiet)
         self.plain = plain
-        self.live_mode = not quiet and (self.stream.isatty() if live is None else live)
-        self._live: Live | None = None
         self._jobs: Sequence[Job] = ()
 
-    def __enter__(self) -> JobsDisplay:
-        if self.live_mode:
-            self._live = Live(console=Console(file=self.stream), refresh_per_second=8, transient=False)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.update(self._table(self._jobs))
-            self._live.__exit__(None, None, None)
-            self._live = None
+    def _last_frame(self, live: Live) -> None:
+        live.update(self._table(self._jobs))
 
     def show(self, jobs: Sequence[Job], job: Job | None = None, lines: Sequence[str] = ()) -> None:
         """``job`` changed and said ``lines`` (printed one by one when not live)."""
