@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -76,36 +77,113 @@ async def version(request: web.Request) -> web.Response:
     return json_response({"version": __version__, "api": "1"})
 
 
+# --- the shape every kind shares: create, list, inspect, remove ---------------------------------------
+@dataclass(frozen=True)
+class Create(Generic[T]):
+    """How ``POST {path}/create`` makes an object: ``spec`` decoded strictly, checked, its name unique."""
+
+    spec: type[Any]
+    #: Validates the spec (manager.validate), before the name is looked up.
+    check: Callable[[Any], None]
+    #: The object to write for a valid spec; may first check it against the store.
+    build: Callable[[ObjectStore, Any], T]
+
+
+def _by_name(obj: Any) -> str:
+    return str(obj.spec.annotations.name)
+
+
+def _serve(
+    tp: type[T],
+    path: str,
+    *,
+    create: Create[T] | None = None,
+    select: Callable[[web.Request, ObjectStore], list[T]] | None = None,
+    sort_key: Callable[[T], Any] = _by_name,
+    find: Callable[[ObjectStore, str], T] | None = None,
+    public: Callable[[T], T] | None = None,
+    removable: bool = True,
+    check_remove: Callable[[web.Request, T], None] | None = None,
+    wait_removed: bool = False,
+) -> None:
+    """Add the routes of one kind to the table: ``POST {path}/create`` (with ``create``), ``GET {path}``,
+    ``GET {path}/{ref}`` and ``DELETE {path}/{ref}`` (when ``removable``).
+
+    The hooks are where kinds differ: ``select`` the objects a list starts from (its query filters; all of
+    them by default), ``find`` the object a reference names (:func:`resolve` by default), ``public`` what
+    the API shows of one, ``check_remove`` raises when one may not be removed (in use, still up), and
+    ``wait_removed`` makes a remove wait until this manager's cache no longer shows it.
+    """
+
+    def lookup(store: ObjectStore, ref: str) -> T:
+        return find(store, ref) if find is not None else resolve(store, tp, ref)
+
+    def shown(obj: T) -> T:
+        return public(obj) if public is not None else obj
+
+    if create is not None:
+
+        async def create_one(request: web.Request) -> web.Response:
+            store = _store(request)
+            spec = from_plain(create.spec, await read_json(request))
+            create.check(spec)
+            await _unique_name(store, tp, spec.annotations.name)
+            return await _created(store, await store.create(create.build(store, spec)))
+
+        table.post(f"{path}/create")(create_one)
+
+    async def list_all(request: web.Request) -> web.Response:
+        store = _store(request)
+        objs = select(request, store) if select is not None else store.objects(tp)
+        return json_response([shown(o) for o in sorted(objs, key=sort_key)])
+
+    async def inspect_one(request: web.Request) -> web.Response:
+        return json_response(shown(lookup(_store(request), request.match_info["ref"])))
+
+    table.get(path)(list_all)
+    table.get(f"{path}/{{ref}}")(inspect_one)
+    if not removable:
+        return
+
+    async def remove_one(request: web.Request) -> web.Response:
+        store = _store(request)
+        obj = lookup(store, request.match_info["ref"])
+        if check_remove is not None:
+            check_remove(request, obj)
+        await store.delete(obj)
+        if wait_removed:
+            await store.wait_for(await store.kv.revision())
+        return web.Response(status=204)
+
+    table.delete(f"{path}/{{ref}}")(remove_one)
+
+
 # --- services ------------------------------------------------------------------------------------------
-@table.post("/services/create")
-async def service_create(request: web.Request) -> web.Response:
-    store = _store(request)
-    spec = from_plain(ServiceSpec, await read_json(request))
-    validate.check_service(spec)
-    await _unique_name(store, Service, spec.annotations.name)
-    _check_networks_exist(store, spec)
-    return await _created(store, await store.create(Service(spec=spec)))
-
-
 def _check_networks_exist(store: ObjectStore, spec: ServiceSpec) -> None:
     for attachment in spec.task.networks:
         resolve(store, Network, attachment.target)
 
 
-@table.get("/services")
-async def service_list(request: web.Request) -> web.Response:
-    store = _store(request)
+def _new_service(store: ObjectStore, spec: ServiceSpec) -> Service:
+    _check_networks_exist(store, spec)
+    return Service(spec=spec)
+
+
+def _services_named(request: web.Request, store: ObjectStore) -> list[Service]:
     services = store.objects(Service)
     name = request.query.get("name")
     if name:
         services = [s for s in services if s.spec.annotations.name == name]
-    services.sort(key=lambda s: s.spec.annotations.name)
-    return json_response(services)
+    return services
 
 
-@table.get("/services/{ref}")
-async def service_inspect(request: web.Request) -> web.Response:
-    return json_response(resolve(_store(request), Service, request.match_info["ref"]))
+_serve(
+    Service,
+    "/services",
+    create=Create(ServiceSpec, validate.check_service, _new_service),
+    select=_services_named,
+    wait_removed=True,
+)
 
 
 @table.post("/services/{ref}/update")
@@ -157,19 +235,8 @@ async def service_rollback(request: web.Request) -> web.Response:
     return json_response({"id": written.meta.id, "version": written.meta.version})
 
 
-@table.delete("/services/{ref}")
-async def service_remove(request: web.Request) -> web.Response:
-    store = _store(request)
-    svc = resolve(store, Service, request.match_info["ref"])
-    await store.delete(svc)
-    await store.wait_for(await store.kv.revision())
-    return web.Response(status=204)
-
-
 # --- tasks ---------------------------------------------------------------------------------------------
-@table.get("/tasks")
-async def task_list(request: web.Request) -> web.Response:
-    store = _store(request)
+def _tasks_queried(request: web.Request, store: ObjectStore) -> list[Task]:
     q = request.query
     if "service" in q:
         tasks = store.tasks_of_service(resolve(store, Service, q["service"]).meta.id)
@@ -183,34 +250,39 @@ async def task_list(request: web.Request) -> web.Response:
         except ValueError:
             raise BadRequest(f"unknown desired-state {q['desired-state']!r}") from None
         tasks = [t for t in tasks if t.desired_state is wanted]
-    tasks.sort(key=lambda t: (t.service_annotations.name, t.slot, t.node_id, t.meta.created_at))
-    return json_response(tasks)
+    return tasks
 
 
-@table.get("/tasks/{ref}")
-async def task_inspect(request: web.Request) -> web.Response:
-    return json_response(resolve(_store(request), Task, request.match_info["ref"]))
+_serve(
+    Task,
+    "/tasks",
+    select=_tasks_queried,
+    sort_key=lambda t: (t.service_annotations.name, t.slot, t.node_id, t.meta.created_at),
+    removable=False,
+)
 
 
 # --- nodes ---------------------------------------------------------------------------------------------
-@table.get("/nodes")
-async def node_list(request: web.Request) -> web.Response:
-    nodes = _store(request).objects(Node)
-    nodes.sort(key=lambda n: n.status.description.hostname)
-    return json_response(nodes)
-
-
-@table.get("/nodes/{ref}")
-async def node_inspect(request: web.Request) -> web.Response:
-    store = _store(request)
-    return json_response(resolve_node(store, request.match_info["ref"]))
-
-
 def resolve_node(store: ObjectStore, ref: str) -> Node:
     for node in store.objects(Node):
         if node.status.description.hostname == ref:
             return node
     return resolve(store, Node, ref)
+
+
+def _node_down(request: web.Request, node: Node) -> None:
+    force = request.query.get("force", "") in ("1", "true")
+    if node.status.state is NodeState.READY and not force:
+        raise NodeNotDown(node.status.description.hostname or node.meta.id)
+
+
+_serve(
+    Node,
+    "/nodes",
+    sort_key=lambda n: n.status.description.hostname,
+    find=resolve_node,
+    check_remove=_node_down,
+)
 
 
 @table.post("/nodes/{ref}/update")
@@ -224,73 +296,21 @@ async def node_update(request: web.Request) -> web.Response:
     return json_response({"id": written.meta.id, "version": written.meta.version})
 
 
-@table.delete("/nodes/{ref}")
-async def node_remove(request: web.Request) -> web.Response:
-    store = _store(request)
-    node = resolve_node(store, request.match_info["ref"])
-    force = request.query.get("force", "") in ("1", "true")
-    if node.status.state is NodeState.READY and not force:
-        raise NodeNotDown(node.status.description.hostname or node.meta.id)
-    await store.delete(node)
-    return web.Response(status=204)
-
-
 # --- networks, volumes, secrets -----------------------------------------------------------------------
-@table.post("/networks/create")
-async def network_create(request: web.Request) -> web.Response:
-    store = _store(request)
-    spec = from_plain(NetworkSpec, await read_json(request))
-    validate.check_network(spec)
-    await _unique_name(store, Network, spec.annotations.name)
-    return await _created(store, await store.create(Network(spec=spec)))
-
-
-@table.get("/networks")
-async def network_list(request: web.Request) -> web.Response:
-    return json_response(sorted(_store(request).objects(Network), key=lambda n: n.spec.annotations.name))
-
-
-@table.get("/networks/{ref}")
-async def network_inspect(request: web.Request) -> web.Response:
-    return json_response(resolve(_store(request), Network, request.match_info["ref"]))
-
-
-@table.delete("/networks/{ref}")
-async def network_remove(request: web.Request) -> web.Response:
-    store = _store(request)
-    net = resolve(store, Network, request.match_info["ref"])
-    for svc in store.objects(Service):
+def _network_unused(request: web.Request, net: Network) -> None:
+    for svc in _store(request).objects(Service):
         targets = {a.target for a in svc.spec.task.networks}
         if net.meta.id in targets or net.spec.annotations.name in targets:
             raise InUse("networks", net.spec.annotations.name, f"service {svc.spec.annotations.name}")
-    await store.delete(net)
-    return web.Response(status=204)
 
 
-@table.post("/volumes/create")
-async def volume_create(request: web.Request) -> web.Response:
-    store = _store(request)
-    spec = from_plain(VolumeSpec, await read_json(request))
-    validate.check_volume(spec)
-    await _unique_name(store, Volume, spec.annotations.name)
-    return await _created(store, await store.create(Volume(spec=spec)))
-
-
-@table.get("/volumes")
-async def volume_list(request: web.Request) -> web.Response:
-    return json_response(sorted(_store(request).objects(Volume), key=lambda v: v.spec.annotations.name))
-
-
-@table.get("/volumes/{ref}")
-async def volume_inspect(request: web.Request) -> web.Response:
-    return json_response(resolve(_store(request), Volume, request.match_info["ref"]))
-
-
-@table.delete("/volumes/{ref}")
-async def volume_remove(request: web.Request) -> web.Response:
-    store = _store(request)
-    await store.delete(resolve(store, Volume, request.match_info["ref"]))
-    return web.Response(status=204)
+_serve(
+    Network,
+    "/networks",
+    create=Create(NetworkSpec, validate.check_network, lambda _, s: Network(spec=s)),
+    check_remove=_network_unused,
+)
+_serve(Volume, "/volumes", create=Create(VolumeSpec, validate.check_volume, lambda _, s: Volume(spec=s)))
 
 
 def _public_secret(secret: Secret) -> Secret:
@@ -298,36 +318,23 @@ def _public_secret(secret: Secret) -> Secret:
     return replace(secret, spec=replace(secret.spec, data=b""))
 
 
-@table.post("/secrets/create")
-async def secret_create(request: web.Request) -> web.Response:
-    store = _store(request)
-    spec = from_plain(SecretSpec, await read_json(request))
-    validate.check_secret(spec)
-    await _unique_name(store, Secret, spec.annotations.name)
-    status = SecretStatus(digest="sha256:" + hashlib.sha256(spec.data).hexdigest())
-    return await _created(store, await store.create(Secret(spec=spec, status=status)))
+def _new_secret(store: ObjectStore, spec: SecretSpec) -> Secret:
+    return Secret(spec=spec, status=SecretStatus(digest="sha256:" + hashlib.sha256(spec.data).hexdigest()))
 
 
-@table.get("/secrets")
-async def secret_list(request: web.Request) -> web.Response:
-    secrets = sorted(_store(request).objects(Secret), key=lambda s: s.spec.annotations.name)
-    return json_response([_public_secret(s) for s in secrets])
-
-
-@table.get("/secrets/{ref}")
-async def secret_inspect(request: web.Request) -> web.Response:
-    return json_response(_public_secret(resolve(_store(request), Secret, request.match_info["ref"])))
-
-
-@table.delete("/secrets/{ref}")
-async def secret_remove(request: web.Request) -> web.Response:
-    store = _store(request)
-    secret = resolve(store, Secret, request.match_info["ref"])
-    for svc in store.objects(Service):
+def _secret_unused(request: web.Request, secret: Secret) -> None:
+    for svc in _store(request).objects(Service):
         if any(r.secret_id == secret.meta.id for r in svc.spec.task.container.secrets):
             raise InUse("secrets", secret.spec.annotations.name, f"service {svc.spec.annotations.name}")
-    await store.delete(secret)
-    return web.Response(status=204)
+
+
+_serve(
+    Secret,
+    "/secrets",
+    create=Create(SecretSpec, validate.check_secret, _new_secret),
+    public=_public_secret,
+    check_remove=_secret_unused,
+)
 
 
 # --- the cluster --------------------------------------------------------------------------------------

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 
-from api import Annotations, Network, to_plain
+from api import Annotations, Network
 from api.objects import IPAMConfig, NetworkSpec
 from swarmctl import filters
-from swarmctl.commands.common import remove_each
+from swarmctl.client import Client
+from swarmctl.commands.common import filtered, inspect_command, ls_command, rm_command
 from swarmctl.context import AppContext, pass_app
 from swarmctl.errors import InvalidValue
-from swarmctl.output import (
-    filter_option,
-    format_option,
-    no_trunc_option,
-    print_objects,
-    print_rows,
-    quiet_option,
-    short_id,
-)
+from swarmctl.output import short_id
 from swarmctl.units import parse_kv
 
 _MATCHERS: dict[str, filters.Matcher[Network]] = {
@@ -90,16 +85,8 @@ def create(
     click.echo(app.client.create_network(spec))
 
 
-@network.command("ls")
-@filter_option
-@format_option
-@quiet_option
-@no_trunc_option
-@pass_app
-def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bool, no_trunc: bool) -> None:
-    """List networks."""
-    nets = filters.apply(app.client.networks(), filters.parse(filter_args, _MATCHERS), _MATCHERS)
-    rows = [
+def _rows(client: Client, nets: Sequence[Network], no_trunc: bool) -> list[dict[str, str]]:
+    return [
         {
             "ID": short_id(n.meta.id, no_trunc),
             "FullID": n.meta.id,
@@ -109,22 +96,16 @@ def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bo
         }
         for n in nets
     ]
-    columns = [("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE")]
-    print_rows(rows, columns, fmt=fmt, quiet=quiet, quiet_key="FullID")
 
 
-@network.command()
-@format_option
-@click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
-@pass_app
-def inspect(app: AppContext, refs: tuple[str, ...], fmt: str | None) -> None:
-    """Display detailed information on one or more networks."""
-    print_objects([to_plain(app.client.network(r)) for r in refs], fmt=fmt)
-
-
-@network.command("rm")
-@click.argument("refs", nargs=-1, required=True, metavar="NETWORK...")
-@pass_app
-def rm(app: AppContext, refs: tuple[str, ...]) -> None:
-    """Remove one or more networks."""
-    remove_each(refs, app.client.remove_network)
+ls_command(
+    network,
+    "List networks.",
+    objects=filtered(Client.networks, _MATCHERS),
+    rows=_rows,
+    columns=[("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE")],
+)
+inspect_command(
+    network, "Display detailed information on one or more networks.", "NETWORK...", Client.network
+)
+rm_command(network, "Remove one or more networks.", "NETWORK...", Client.remove_network)

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import click
 
-from api import Node, to_plain
+from api import Node
 from api.objects import NodeAvailability, NodeRole, NodeSpec
 from swarmctl import filters
 from swarmctl.client import Client, retry_on_conflict
-from swarmctl.commands.common import remove_each
+from swarmctl.commands.common import filtered, inspect_command, ls_command, remove_each
 from swarmctl.commands.service import print_task_list
 from swarmctl.context import AppContext, pass_app
-from swarmctl.output import (
-    filter_option,
-    format_option,
-    no_trunc_option,
-    print_objects,
-    print_rows,
-    quiet_option,
-    short_id,
-)
+from swarmctl.output import filter_option, format_option, no_trunc_option, quiet_option, short_id
 from swarmctl.pretty import pretty_node
 from swarmctl.units import parse_kv
 
@@ -50,20 +42,7 @@ def node() -> None:
     """Manage the cluster's nodes."""
 
 
-@node.command("ls")
-@filter_option
-@format_option
-@quiet_option
-@no_trunc_option
-@pass_app
-def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bool, no_trunc: bool) -> None:
-    """List nodes."""
-    client = app.client
-    nodes = filters.apply(client.nodes(), filters.parse(filter_args, _MATCHERS), _MATCHERS)
-    if quiet:
-        for n in nodes:
-            click.echo(n.meta.id)
-        return
+def _rows(client: Client, nodes: Sequence[Node], no_trunc: bool) -> list[dict[str, str]]:
     leader = _leader(client)
     rows = []
     for n in nodes:
@@ -80,7 +59,7 @@ def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bo
                 "Address": n.status.addr,
             }
         )
-    print_rows(rows, NODE_COLUMNS, fmt=fmt)
+    return rows
 
 
 def _leader(client: Client) -> str:
@@ -90,18 +69,10 @@ def _leader(client: Client) -> str:
         return ""
 
 
-@node.command()
-@format_option
-@click.option("--pretty", is_flag=True, help="Print the information in a human friendly format.")
-@click.argument("refs", nargs=-1, required=True, metavar="NODE...")
-@pass_app
-def inspect(app: AppContext, refs: tuple[str, ...], fmt: str | None, pretty: bool) -> None:
-    """Display detailed information on one or more nodes."""
-    nodes = [app.client.node(r) for r in refs]
-    if pretty:
-        click.echo("\n\n".join(pretty_node(n) for n in nodes))
-        return
-    print_objects([to_plain(n) for n in nodes], fmt=fmt)
+ls_command(node, "List nodes.", objects=filtered(Client.nodes, _MATCHERS), rows=_rows, columns=NODE_COLUMNS)
+inspect_command(
+    node, "Display detailed information on one or more nodes.", "NODE...", Client.node, pretty=pretty_node
+)
 
 
 @node.command()

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
-from api import Annotations, Secret, to_plain
+from api import Annotations, Secret
 from api.objects import SecretSpec
 from swarmctl import filters
-from swarmctl.commands.common import remove_each
+from swarmctl.client import Client
+from swarmctl.commands.common import filtered, inspect_command, ls_command, rm_command
 from swarmctl.context import AppContext, pass_app
 from swarmctl.errors import InvalidValue
-from swarmctl.output import (
-    filter_option,
-    format_option,
-    no_trunc_option,
-    print_objects,
-    print_rows,
-    quiet_option,
-    short_id,
-)
+from swarmctl.output import short_id
 from swarmctl.units import parse_kv, since
 
 _MATCHERS: dict[str, filters.Matcher[Secret]] = {
@@ -59,16 +53,8 @@ def create(app: AppContext, name: str, file: str, label: tuple[str, ...]) -> Non
     click.echo(app.client.create_secret(spec))
 
 
-@secret.command("ls")
-@filter_option
-@format_option
-@quiet_option
-@no_trunc_option
-@pass_app
-def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bool, no_trunc: bool) -> None:
-    """List secrets."""
-    secrets = filters.apply(app.client.secrets(), filters.parse(filter_args, _MATCHERS), _MATCHERS)
-    rows = [
+def _rows(client: Client, secrets: Sequence[Secret], no_trunc: bool) -> list[dict[str, str]]:
+    return [
         {
             "ID": short_id(s.meta.id, no_trunc),
             "FullID": s.meta.id,
@@ -79,22 +65,19 @@ def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bo
         }
         for s in secrets
     ]
-    columns = [("ID", "ID"), ("Name", "NAME"), ("CreatedAt", "CREATED"), ("UpdatedAt", "UPDATED")]
-    print_rows(rows, columns, fmt=fmt, quiet=quiet, quiet_key="FullID")
 
 
-@secret.command()
-@format_option
-@click.argument("refs", nargs=-1, required=True, metavar="SECRET...")
-@pass_app
-def inspect(app: AppContext, refs: tuple[str, ...], fmt: str | None) -> None:
-    """Display detailed information on one or more secrets (never their data)."""
-    print_objects([to_plain(app.client.secret(r)) for r in refs], fmt=fmt)
-
-
-@secret.command("rm")
-@click.argument("refs", nargs=-1, required=True, metavar="SECRET...")
-@pass_app
-def rm(app: AppContext, refs: tuple[str, ...]) -> None:
-    """Remove one or more secrets."""
-    remove_each(refs, app.client.remove_secret)
+ls_command(
+    secret,
+    "List secrets.",
+    objects=filtered(Client.secrets, _MATCHERS),
+    rows=_rows,
+    columns=[("ID", "ID"), ("Name", "NAME"), ("CreatedAt", "CREATED"), ("UpdatedAt", "UPDATED")],
+)
+inspect_command(
+    secret,
+    "Display detailed information on one or more secrets (never their data).",
+    "SECRET...",
+    Client.secret,
+)
+rm_command(secret, "Remove one or more secrets.", "SECRET...", Client.remove_secret)

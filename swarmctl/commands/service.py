@@ -11,24 +11,24 @@ from typing import Any
 
 import click
 
-from api import Node, Service, Task, TaskState, to_plain
+from api import Node, Service, Task, TaskState
 from api.objects import ServiceMode
 from swarmctl import filters, progress
 from swarmctl.client import Client, retry_on_conflict
 from swarmctl.commands import service_flags as flags
-from swarmctl.commands.common import TASK_COLUMNS, remove_each, task_filter_keys, task_matchers, task_rows
+from swarmctl.commands.common import (
+    TASK_COLUMNS,
+    inspect_command,
+    ls_command,
+    rm_command,
+    task_filter_keys,
+    task_matchers,
+    task_rows,
+)
 from swarmctl.context import AppContext, pass_app
 from swarmctl.errors import InvalidValue, SwarmctlError
 from swarmctl.logs import log_options, print_logs
-from swarmctl.output import (
-    filter_option,
-    format_option,
-    no_trunc_option,
-    print_objects,
-    print_rows,
-    quiet_option,
-    short_id,
-)
+from swarmctl.output import filter_option, format_option, no_trunc_option, print_rows, quiet_option, short_id
 from swarmctl.pretty import pretty_service
 from swarmctl.specs import format_port
 from swarmctl.units import parse_int
@@ -221,25 +221,12 @@ _SERVICE_MATCHERS: dict[str, filters.Matcher[Service]] = {
 }
 
 
-@service.command("ls")
-@filter_option
-@format_option
-@quiet_option
-@no_trunc_option
-@pass_app
-def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bool, no_trunc: bool) -> None:
-    """List services."""
-    services = list_services(app.client, filter_args)
-    if quiet:
-        for s in services:
-            click.echo(s.meta.id)
-        return
-    print_rows(service_rows(app.client, services, no_trunc), SERVICE_COLUMNS, fmt=fmt)
-
-
 def list_services(client: Client, filter_args: Sequence[str]) -> list[Service]:
     parsed = filters.parse(filter_args, _SERVICE_MATCHERS)
     return filters.apply(client.services(), parsed, _SERVICE_MATCHERS)
+
+
+ls_command(service, "List services.", objects=list_services, rows=service_rows, columns=SERVICE_COLUMNS)
 
 
 @service.command()
@@ -285,18 +272,13 @@ def print_task_list(
     print_rows(task_rows(tasks, nodes, no_trunc), TASK_COLUMNS, fmt=fmt)
 
 
-@service.command()
-@format_option
-@click.option("--pretty", is_flag=True, help="Print the information in a human friendly format.")
-@click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
-@pass_app
-def inspect(app: AppContext, refs: tuple[str, ...], fmt: str | None, pretty: bool) -> None:
-    """Display detailed information on one or more services."""
-    services = [app.client.service(r) for r in refs]
-    if pretty:
-        click.echo("\n\n".join(pretty_service(s) for s in services))
-        return
-    print_objects([to_plain(s) for s in services], fmt=fmt)
+inspect_command(
+    service,
+    "Display detailed information on one or more services.",
+    "SERVICE...",
+    Client.service,
+    pretty=pretty_service,
+)
 
 
 @service.command()
@@ -317,9 +299,4 @@ def logs(app: AppContext, ref: str, **o: Any) -> None:
     print_logs(client, f"/tasks/{task.meta.id}/logs", o, len(str(task.slot)))
 
 
-@service.command("rm")
-@click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
-@pass_app
-def rm(app: AppContext, refs: tuple[str, ...]) -> None:
-    """Remove one or more services."""
-    remove_each(refs, app.client.remove_service)
+rm_command(service, "Remove one or more services.", "SERVICE...", Client.remove_service)

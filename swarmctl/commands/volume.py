@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
 
-from api import Annotations, Volume, new_id, to_plain
+from api import Annotations, Volume, new_id
 from api.objects import VolumeSpec
 from swarmctl import filters
-from swarmctl.commands.common import remove_each
+from swarmctl.client import Client
+from swarmctl.commands.common import filtered, inspect_command, ls_command, rm_command
 from swarmctl.context import AppContext, pass_app
-from swarmctl.output import filter_option, format_option, print_objects, print_rows, quiet_option
 from swarmctl.units import parse_kv
 
 _MATCHERS: dict[str, filters.Matcher[Volume]] = {
@@ -46,30 +48,19 @@ def create(
     click.echo(name)
 
 
-@volume.command("ls")
-@filter_option
-@format_option
-@quiet_option
-@pass_app
-def ls(app: AppContext, filter_args: tuple[str, ...], fmt: str | None, quiet: bool) -> None:
-    """List volumes."""
-    vols = filters.apply(app.client.volumes(), filters.parse(filter_args, _MATCHERS), _MATCHERS)
-    rows = [{"Driver": v.spec.driver, "Name": v.spec.annotations.name} for v in vols]
-    print_rows(rows, [("Driver", "DRIVER"), ("Name", "VOLUME NAME")], fmt=fmt, quiet=quiet, quiet_key="Name")
+def _rows(client: Client, vols: Sequence[Volume], no_trunc: bool) -> list[dict[str, str]]:
+    return [{"Driver": v.spec.driver, "Name": v.spec.annotations.name} for v in vols]
 
 
-@volume.command()
-@format_option
-@click.argument("refs", nargs=-1, required=True, metavar="VOLUME...")
-@pass_app
-def inspect(app: AppContext, refs: tuple[str, ...], fmt: str | None) -> None:
-    """Display detailed information on one or more volumes."""
-    print_objects([to_plain(app.client.volume(r)) for r in refs], fmt=fmt)
-
-
-@volume.command("rm")
-@click.argument("refs", nargs=-1, required=True, metavar="VOLUME...")
-@pass_app
-def rm(app: AppContext, refs: tuple[str, ...]) -> None:
-    """Remove one or more volumes."""
-    remove_each(refs, app.client.remove_volume)
+# Volumes are known by name: ``-q`` prints names, and there is no id to truncate.
+ls_command(
+    volume,
+    "List volumes.",
+    objects=filtered(Client.volumes, _MATCHERS),
+    rows=_rows,
+    columns=[("Driver", "DRIVER"), ("Name", "VOLUME NAME")],
+    quiet_id=lambda v: v.spec.annotations.name,
+    no_trunc=False,
+)
+inspect_command(volume, "Display detailed information on one or more volumes.", "VOLUME...", Client.volume)
+rm_command(volume, "Remove one or more volumes.", "VOLUME...", Client.remove_volume)
