@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as errno_mod
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -63,6 +64,7 @@ def mount_overlay(
         raise MountError(owner, f"mount overlay on {target}: {proc.stderr.strip()}", errno_mod.EIO)
 
 
+@functools.cache
 def _overlay_extras() -> str:
     # Same choices as Docker's overlay2: no inode index (layers are shared between many mounts) and no
     # redirect_dir / metacopy, so an upper directory always holds whole files and plain whiteouts, which is
@@ -101,6 +103,8 @@ def unmount_all(target: Path | str, *, owner: str = "") -> None:
 
 def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as octal.
+    if "\\" not in field:
+        return field  # nearly every line: the table is read whole on every container start and removal
     out, i = [], 0
     while i < len(field):
         if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():

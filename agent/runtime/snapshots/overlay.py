@@ -53,20 +53,25 @@ class OverlaySnapshotter(Snapshotter):
         """Unpack layer ``index`` of ``image`` unless already there; returns its short link name."""
         diff_id = image.diff_ids[index]
         final = self.layers_dir / diff_id.partition(":")[2]
-        if not (final / "link").is_file():
-            with staging(self.layers_dir, final.name) as tmp:
-                (tmp / "diff").mkdir()
-                unpack(self.store, image.manifest.layers[index], diff_id, tmp / "diff", Mode.OVERLAY)
-                (tmp / "link").write_text(self._new_short())
-                with contextlib.suppress(FileExistsError, OSError):
-                    # Another prepare may have published the same layer meanwhile; keep the first one.
-                    os.rename(tmp, final)
-        short = (final / "link").read_text().strip()
-        link = self.links_dir / short
-        if not link.is_symlink():
-            with contextlib.suppress(FileExistsError):
-                os.symlink(f"../layers/{final.name}/diff", link)
+        with self._unpacking_lock(diff_id):
+            if not (final / "link").is_file():
+                with staging(self.layers_dir, final.name) as tmp:
+                    (tmp / "diff").mkdir()
+                    unpack(self.store, image.manifest.layers[index], diff_id, tmp / "diff", Mode.OVERLAY)
+                    (tmp / "link").write_text(self._new_short())
+                    with contextlib.suppress(FileExistsError, OSError):
+                        # Another snapshotter on this root may have published it meanwhile; the first wins.
+                        os.rename(tmp, final)
+            short = (final / "link").read_text().strip()
+            link = self.links_dir / short
+            if not link.is_symlink():
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(f"../layers/{final.name}/diff", link)
         return short
+
+    def _unpack(self, image: Image) -> None:
+        for index in range(len(image.diff_ids)):
+            self._ensure_layer(image, index)
 
     def _new_short(self) -> str:
         while True:
@@ -89,20 +94,22 @@ class OverlaySnapshotter(Snapshotter):
         return shorts or ["empty"]
 
     def _create(self, container_id: str, image: Image, cdir: Path) -> Path:
-        for index in range(len(image.diff_ids)):
-            self._ensure_layer(image, index)
+        self._unpack(image)
         for name in ("upper", "work", "merged"):
             (cdir / name).mkdir()
-        self._mount(container_id, {"diff_ids": list(image.diff_ids)}, cdir)
+        # Just made, so not mounted yet: no need to read the mount table as _mount does.
+        self._mount_new(container_id, list(image.diff_ids), cdir)
         return cdir / "merged"
 
     def _mount(self, container_id: str, meta: dict[str, Any], cdir: Path) -> None:
-        merged = cdir / "merged"
-        if is_mountpoint(merged):
+        if is_mountpoint(cdir / "merged"):
             return
+        self._mount_new(container_id, list(meta["diff_ids"]), cdir)
+
+    def _mount_new(self, container_id: str, diff_ids: list[str], cdir: Path) -> None:
         mount_overlay(
-            merged,
-            self._lowers(list(meta["diff_ids"])),
+            cdir / "merged",
+            self._lowers(diff_ids),
             cdir / "upper",
             cdir / "work",
             cwd=self.root,

@@ -52,15 +52,19 @@ class VfsSnapshotter(Snapshotter):
 
     def _ensure_image(self, image: Image) -> Path:
         final = self.image_dir(image.diff_ids)
-        if not final.is_dir():
-            with staging(self.images_dir, final.name) as tmp:
-                tree = tmp / "tree"
-                tree.mkdir(mode=0o755)
-                for layer, diff_id in zip(image.manifest.layers, image.diff_ids, strict=True):
-                    unpack(self.store, layer, diff_id, tree, Mode.APPLY)
-                with contextlib.suppress(OSError):
-                    os.rename(tree, final)
+        with self._unpacking_lock(final.name):
+            if not final.is_dir():
+                with staging(self.images_dir, final.name) as tmp:
+                    tree = tmp / "tree"
+                    tree.mkdir(mode=0o755)
+                    for layer, diff_id in zip(image.manifest.layers, image.diff_ids, strict=True):
+                        unpack(self.store, layer, diff_id, tree, Mode.APPLY)
+                    with contextlib.suppress(OSError):
+                        os.rename(tree, final)
         return final
+
+    def _unpack(self, image: Image) -> None:
+        self._ensure_image(image)
 
     def _rootfs_path(self, cdir: Path) -> Path:
         return cdir / "rootfs"
