@@ -67,6 +67,8 @@ LABEL_TASK_NAME = "com.docker.swarm.task.name"
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
 LABEL_SERVICE_NAME = "com.docker.swarm.service.name"
 LABEL_NODE_ID = "com.docker.swarm.node.id"
+#: The files of a task's network sandbox bound over the container's own, in ``/etc``.
+ETC_FILES = ("hostname", "hosts", "resolv.conf")
 
 
 class RuncExecutor:
@@ -215,8 +217,8 @@ class RuncExecutor:
         )
         for att in attachments[1:]:
             await ctl.connect(task.meta.id, att.network_id, ip=att.ip)
-        files = ctl.etc_files(task.meta.id).write(etc_dir)
-        return sandbox.runtime_mode, sorted(files.items())
+        # The controller wrote them (and keeps them up to date) since the sandbox names ``etc_dir``.
+        return sandbox.runtime_mode, [(name, etc_dir / name) for name in ETC_FILES]
 
     async def _release_network(self, task_id: str) -> None:
         """The task's container has stopped: its sandbox goes (see the module docstring). Shielded, since

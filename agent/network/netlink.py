@@ -138,8 +138,9 @@ async def create_veth(
 ) -> None:
     """A veth pair: ``host_name`` on the bridge here, ``peer_name`` created directly inside ``sandbox``.
 
-    Hairpin mode lets a container reach its own published port through the host (the DNAT sends the
-    packet back out of the port it came in by).
+    One request makes the pair, puts the host end on the bridge and brings it up. Hairpin mode (a
+    bridge-port attribute, set by name) lets a container reach its own published port through the host
+    (the DNAT sends the packet back out of the port it came in by).
     """
     await _call(
         f"create veth {host_name}",
@@ -148,19 +149,18 @@ async def create_veth(
             ifname=host_name,
             kind="veth",
             mtu=mtu,
+            master=bridge_index,
+            state="up",
             peer={"ifname": peer_name, "net_ns_fd": netns_path(sandbox), "mtu": mtu},
         ),
     )
+    if not hairpin:
+        return
     try:
-        index = await link_index(ipr, host_name)
-        if index is None:
-            raise NetlinkError(f"create veth {host_name}", "interface vanished after creation")
         await _call(
-            f"attach {host_name} to its bridge", lambda: ipr.link("set", index=index, master=bridge_index)
+            f"hairpin mode on {host_name}",
+            lambda: ipr.link("set", ifname=host_name, kind="bridge_slave", mode=1),
         )
-        if hairpin:
-            await _call(f"hairpin mode on {host_name}", lambda: ipr.brport("set", index=index, mode=1))
-        await _call(f"bring up {host_name}", lambda: ipr.link("set", index=index, state="up"))
     except BaseException:
         with contextlib.suppress(NetlinkError, PyrNetlinkError, OSError):
             await delete_link(ipr, host_name)
@@ -177,16 +177,23 @@ async def configure_interface(
     """Inside ``sandbox``: address ``ifname``, bring it and ``lo`` up, route by default via ``gateways``.
 
     Returns the interface's MAC address. An IPv6 address is added without duplicate address detection
-    (``nodad``) so it is usable at once, as the addresses are allocated uniquely anyway.
+    (``nodad``) so it is usable at once, as the addresses are allocated uniquely anyway. Each netlink
+    request costs the agent CPU and takes the kernel's one rtnl lock, so this makes as few as it can:
+    one to look the interface up, one per address and route, one to bring it up (with its MTU).
     """
     async with iproute(sandbox) as ipr:
-        index = await link_index(ipr, ifname)
-        if index is None:
+        try:
+            links = await ipr.link("get", ifname=ifname)
+        except PyrNetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                raise NetlinkError(f"configure {ifname}", f"no such interface in {sandbox}") from None
+            raise NetlinkError(f"configure {ifname}", str(exc), exc.code) from None
+        if not links:
             raise NetlinkError(f"configure {ifname}", f"no such interface in {sandbox}")
-        lo = await link_index(ipr, "lo")
-        if lo is not None:
-            await _call("bring up lo", lambda: ipr.link("set", index=lo, state="up"))
-        await _call(f"set mtu of {ifname}", lambda: ipr.link("set", index=index, mtu=mtu))
+        link = links[0]
+        index = link["index"]
+        mac = str(link.get("address") or "")
+        await _call("bring up lo", lambda: ipr.link("set", ifname="lo", state="up"))
         for cidr in addresses:
             iface = ipaddress.ip_interface(cidr)
             extra: dict[str, Any] = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
@@ -196,7 +203,8 @@ async def configure_interface(
                     "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra
                 ),
             )
-        await _call(f"bring up {ifname}", lambda: ipr.link("set", index=index, state="up"))
+        mtu_arg = {} if link.get("mtu") == mtu else {"mtu": mtu}
+        await _call(f"bring up {ifname}", lambda: ipr.link("set", index=index, state="up", **mtu_arg))
         for gateway in gateways:
             dst = "::/0" if ":" in gateway else "0.0.0.0/0"
             await _call(
@@ -205,16 +213,13 @@ async def configure_interface(
                     "replace", dst=dst, gateway=gateway, oif=index
                 ),
             )
-        links = await _collect(await ipr.link("get", index=index))
-        return str(links[0].get("address")) if links else ""
+        return mac
 
 
 async def loopback_up(sandbox: str) -> None:
     """Bring up ``lo`` inside ``sandbox`` (a new namespace starts with it down)."""
     async with iproute(sandbox) as ipr:
-        lo = await link_index(ipr, "lo")
-        if lo is not None:
-            await _call("bring up lo", lambda: ipr.link("set", index=lo, state="up"))
+        await _call("bring up lo", lambda: ipr.link("set", ifname="lo", state="up"))
 
 
 async def remove_interface(sandbox: str, ifname: str) -> bool:

@@ -52,7 +52,7 @@ from agent.network.model import (
     PortBinding,
     SandboxRecord,
 )
-from agent.network.nsutil import create_netns, remove_netns
+from agent.network.nsutil import acreate_netns, remove_netns
 from agent.network.ports import PortRequest, parse_exposed, parse_publish, publish_all_requests
 
 if TYPE_CHECKING:
@@ -219,18 +219,43 @@ class SandboxManager:
 
     async def create(self, config: SandboxConfig) -> Sandbox:
         """Give a container its network (see the module docstring); all or nothing."""
-        async with self.ctl.lock:
-            if config.container_id in self.state.sandboxes:
-                raise SandboxExists(config.container_id)
-            undo = _Undo()
-            try:
-                await self._create_locked(config, undo)
-            except BaseException:
-                await undo.run()
-                raise
-            return self.view(config.container_id)
+        if config.container_id in self.state.sandboxes:
+            raise SandboxExists(config.container_id)
+        # A namespace of its own is made, and its loopback brought up, before taking the lock: that touches
+        # nothing the lock guards, and it is a good part of a sandbox's time, which every other container
+        # starting on the host would otherwise wait for.
+        fresh = await self._fresh_netns(config)
+        try:
+            async with self.ctl.lock:
+                if config.container_id in self.state.sandboxes:
+                    raise SandboxExists(config.container_id)
+                undo = _Undo()
+                try:
+                    await self._create_locked(config, undo, fresh)
+                except BaseException:
+                    await undo.run()
+                    raise
+                return self.view(config.container_id)
+        finally:
+            if fresh:
+                record = self.state.sandboxes.get(config.container_id)
+                if record is None or record.netns != fresh:
+                    remove_netns(fresh)  # failed, or not needed after all (a host network given by id)
 
-    async def _create_locked(self, config: SandboxConfig, undo: _Undo) -> None:
+    async def _fresh_netns(self, config: SandboxConfig) -> str:
+        """A new namespace for the container with ``lo`` up, unless its mode needs none ("")."""
+        mode = config.network_mode or DEFAULT_BRIDGE_NETWORK
+        if config.netns or mode == HOST_NETWORK or mode.startswith("container:"):
+            return ""
+        path = await acreate_netns(f"{self.ctl.config.sandbox_prefix}{config.container_id[:12]}")
+        try:
+            await netlink.loopback_up(path)
+        except BaseException:
+            remove_netns(path)
+            raise
+        return path
+
+    async def _create_locked(self, config: SandboxConfig, undo: _Undo, fresh: str = "") -> None:
         # Registered first so it runs last: the rules are reloaded once the state is rolled back.
         undo.push(self.ctl.sync_firewall)
         mode = config.network_mode or DEFAULT_BRIDGE_NETWORK
@@ -265,16 +290,16 @@ class SandboxManager:
         network = None if mode == NONE_NETWORK else self.state.network(mode)
         if network is not None and not self.ctl.drivers[network.driver].has_interfaces:
             # "--network <id of host or none>" by id or name: same as the mode itself.
-            return await self._create_locked(replace(config, network_mode=network.name), undo)
+            return await self._create_locked(replace(config, network_mode=network.name), undo, fresh)
         links = self._resolve_links(config, network)
         record = replace(record, links=links)
         if config.netns:
             record = replace(record, netns=config.netns, owned=False)
+            await netlink.loopback_up(record.netns)
         else:
-            path = create_netns(f"{self.ctl.config.sandbox_prefix}{config.container_id[:12]}")
+            path = fresh or await self._fresh_netns(config)
             record = replace(record, netns=path, owned=True)
             undo.push(lambda: _async(remove_netns, path))
-        await netlink.loopback_up(record.netns)
         self._put_sandbox(record, undo)
         if network is not None:
             if requests and (network.internal or not self.ctl.drivers[network.driver].publishes_ports):

@@ -6,9 +6,14 @@ Layout::
     <state>/endpoints/<id>.json
     <state>/sandboxes/<container id>.json
 
-Every write goes to a temporary file that is renamed over the old one, so a crash leaves either the old or
-the new version. The controller keeps everything in memory and writes through; the files are read only
-when the agent starts (to rebuild bridges, nftables and the DNS table).
+Every write goes to a temporary file that is renamed over the old one, so a crash of the agent leaves either
+the old or the new version. The controller keeps everything in memory and writes through; the files are read
+only when the agent starts (to rebuild bridges, nftables and the DNS table).
+
+Only networks are also synced to disk (``fsync``) before the rename: they must survive the host. Endpoints
+and sandboxes describe namespaces under ``/run/netns``, a tmpfs, so after a crash of the host they are
+forgotten anyway (the controller drops sandboxes whose namespace is gone); syncing them would only cost
+every container start a disk flush while it holds the controller's lock.
 """
 
 from __future__ import annotations
@@ -39,13 +44,14 @@ class NetworkStore:
             raise ValueError(f"invalid {kind} key {key!r}")
         return self.root / kind / f"{key}.json"
 
-    def _write(self, kind: str, key: str, value: Any) -> None:
+    def _write(self, kind: str, key: str, value: Any, *, durable: bool = False) -> None:
         path = self._path(kind, key)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w") as fh:
             json.dump(to_json(value), fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     def _delete(self, kind: str, key: str) -> None:
@@ -63,7 +69,7 @@ class NetworkStore:
 
     def save_network(self, network: NetworkRecord) -> None:
         """Write ``network``."""
-        self._write("networks", network.id, network)
+        self._write("networks", network.id, network, durable=True)
 
     def delete_network(self, network_id: str) -> None:
         """Forget network ``network_id``."""
