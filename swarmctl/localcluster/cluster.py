@@ -4,7 +4,8 @@
 (docker-registry, port 5000, seeded with busybox; agents may use it over plain HTTP); ``host1`` …
 ``hostN`` each run an agent with the real runc executor. Users and tests reach the manager through its unix
 socket, which crosses namespaces, so no cluster address ever exists outside the cluster's namespaces. Each
-agent's image store is seeded with the local busybox image, so services run with no registry at all.
+agent's image store is seeded with the local busybox image, unpacked as ``docker load`` leaves an image, so
+services run with no registry at all and their first containers do not wait for the unpacking.
 Published ports answer on this machine's loopback address (``forward_addr``) through a forwarder process
 (swarmctl/localcluster/forward.py) that carries each connection into ``host1``'s namespace.
 
@@ -32,6 +33,7 @@ from agent.runtime.containers import cgroups
 from agent.runtime.images.baseimages import make_busybox
 from agent.runtime.images.store import ImageStore
 from agent.runtime.local import LocalRuntimeOptions
+from agent.runtime.snapshots import open_snapshotter
 from swarmctl.localcluster.hosts import HostInfo, Underlay
 
 MANAGER_PORT = 2377
@@ -184,7 +186,10 @@ class LocalCluster:
     def _start_agent(self, host: HostInfo, manager_addr: str, token: str, registry: str = "") -> None:
         assert self.underlay is not None
         state = self.config.base_dir / host.name
-        make_busybox(ImageStore(state / "runtime" / "images"))
+        images = ImageStore(state / "runtime" / "images")
+        image = make_busybox(images)
+        snapshots = state / "runtime" / "snapshots"  # where the agent's LocalRuntime keeps them
+        open_snapshotter(snapshots, images, LocalRuntimeOptions().storage_driver).unpack_image(image.id)
         self._agent_argv[host.name] = [
             sys.executable, "-m", "agent.main", "--manager", manager_addr, "--token", token,
             "--state-dir", str(state), "--executor", "runc", "--hostname", host.name,
