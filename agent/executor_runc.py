@@ -67,8 +67,6 @@ LABEL_TASK_NAME = "com.docker.swarm.task.name"
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
 LABEL_SERVICE_NAME = "com.docker.swarm.service.name"
 LABEL_NODE_ID = "com.docker.swarm.node.id"
-#: The files of a task's network sandbox bound over the container's own, in ``/etc``.
-ETC_FILES = ("hostname", "hosts", "resolv.conf")
 
 
 class RuncExecutor:
@@ -177,21 +175,18 @@ class RuncExecutor:
                     MountRequest(type="bind", target=CONTAINER_DIR, source=str(path), read_only=True)
                 )
             if self.network is not None:
-                mode, etc = await self._sandbox(task, deps.networks)
-                config = replace(config, network_mode=mode)
-                mounts += [
-                    MountRequest(type="bind", target=f"/etc/{name}", source=str(path)) for name, path in etc
-                ]
+                mode, etc_dir = await self._sandbox(task, deps.networks)
+                config = replace(config, network_mode=mode, etc_dir=str(etc_dir))
             await runtime.create(config, task_container_name(task), mounts=mounts)
         except (ContainerRuntimeError, NetworkError) as e:
             await self._drop_sandbox(task.meta.id)
             _drop_secrets(task.meta.id)
             raise ExecutorError(task.meta.id, str(e)) from None
 
-    async def _sandbox(
-        self, task: Task, networks: Mapping[str, Network]
-    ) -> tuple[str, list[tuple[str, Path]]]:
-        """The task's network namespace, joined to its networks; its runtime mode and its /etc files."""
+    async def _sandbox(self, task: Task, networks: Mapping[str, Network]) -> tuple[str, Path]:
+        """The task's network namespace, joined to its networks: its runtime mode, and the directory of its
+        ``/etc`` files (``hosts``, ``hostname``, ``resolv.conf``), which the controller writes and keeps up
+        to date and the runtime binds over the image's own."""
         assert self.network is not None
         ctl = self.network
         attachments = task_attachments(task)
@@ -217,8 +212,7 @@ class RuncExecutor:
         )
         for att in attachments[1:]:
             await ctl.connect(task.meta.id, att.network_id, ip=att.ip)
-        # The controller wrote them (and keeps them up to date) since the sandbox names ``etc_dir``.
-        return sandbox.runtime_mode, [(name, etc_dir / name) for name in ETC_FILES]
+        return sandbox.runtime_mode, etc_dir
 
     async def _release_network(self, task_id: str) -> None:
         """The task's container has stopped: its sandbox goes (see the module docstring). Shielded, since

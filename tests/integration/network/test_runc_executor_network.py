@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.executor import TaskDependencies
-from agent.executor_runc import RuncExecutor
+from agent.executor_runc import LABEL_TASK_ID, RuncExecutor
 from agent.network.controller import NetworkController
 from agent.runtime.containers import cgroups
 from agent.runtime.images.baseimages import make_busybox
@@ -52,6 +52,10 @@ async def test_task_gets_a_bridge_address_that_answers(
             pytest.fail(f"the task's httpd on {ip}:8080 never answered from the host")
         hosts = (tmp_path / "runtime" / "netetc" / task.meta.id / "hosts").read_text()
         assert task.meta.id[:12] in hosts
+        # The container sees the sandbox's files (its own address in /etc/hosts), not the runtime's own.
+        (record,) = ex.runtime.list_containers(filters={"label": [f"{LABEL_TASK_ID}={task.meta.id}"]})
+        assert f"{ip}\t{task.meta.id[:12]}" in Path(f"/proc/{record.state.pid}/root/etc/hosts").read_text()
+        assert Path(f"/proc/{record.state.pid}/root/etc/hostname").read_text() == f"{task.meta.id[:12]}\n"
         # Stopped, the task keeps its container (until removed) but no longer its network, as in Docker.
         await ex.shutdown(task)
         assert task.meta.id in await ex.list_tasks()
