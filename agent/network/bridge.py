@@ -89,7 +89,12 @@ class BridgeDriver(NetworkDriver):
             await netlink.create_veth(ipr, veth, endpoint.ifname, sandbox.netns, bridge, network.mtu)
         try:
             mac = await netlink.configure_interface(
-                sandbox.netns, endpoint.ifname, endpoint.addresses, endpoint.gateways, network.mtu
+                sandbox.netns,
+                endpoint.ifname,
+                endpoint.addresses,
+                endpoint.gateways,
+                network.mtu,
+                loopback=False,  # sandboxes have it up from the start
             )
         except BaseException:
             async with netlink.iproute(self._netns) as ipr:

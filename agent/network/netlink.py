@@ -34,14 +34,48 @@ def _rtnl_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
 
+def rtnl_socket() -> socket.socket:
+    """A route netlink socket in the calling thread's namespace (for :func:`holding`)."""
+    return _rtnl_socket()
+
+
+#: Sockets :func:`holding` keeps open, by namespace path; :func:`iproute` hands them out.
+_HELD: dict[str, AsyncIPRoute] = {}
+
+
+@contextlib.asynccontextmanager
+async def holding(netns: str, sock: socket.socket) -> AsyncIterator[None]:
+    """Within the block, :func:`iproute` for ``netns`` uses ``sock`` (a route netlink socket opened inside
+    it) instead of opening one: a container's sandbox is built with one socket rather than one thread
+    entering its namespace per step. ``sock`` is closed at the end."""
+    path = netns_path(netns)
+    try:
+        ipr = AsyncIPRoute(use_socket=sock)
+        await ipr.setup_endpoint()
+    except (OSError, PyrNetlinkError) as exc:
+        sock.close()
+        raise NetlinkError(f"open netlink socket in {netns}", str(exc)) from None
+    _HELD[path] = ipr
+    try:
+        yield
+    finally:
+        if _HELD.get(path) is ipr:
+            del _HELD[path]
+        ipr.close()
+
+
 @contextlib.asynccontextmanager
 async def iproute(netns: str | None) -> AsyncIterator[AsyncIPRoute]:
     """An ``AsyncIPRoute`` in ``netns`` (a name or path; ``None``: this process's namespace).
 
     For another namespace the netlink socket is opened by a thread that enters it (about 1 ms) rather than
     by pyroute2's own ``netns=`` support, which forks a child process per socket (about 4 ms); attaching a
-    container opens a few of them.
+    container opens a few of them. A socket :func:`holding` keeps for the namespace is used instead.
     """
+    held = _HELD.get(netns_path(netns)) if netns else None
+    if held is not None:
+        yield held
+        return
     try:
         sock = await arun_in_netns(netns, _rtnl_socket) if netns else None
         ipr = AsyncIPRoute(use_socket=sock)
@@ -173,8 +207,11 @@ async def configure_interface(
     addresses: Iterable[str],
     gateways: Iterable[str],
     mtu: int,
+    *,
+    loopback: bool = True,
 ) -> str:
-    """Inside ``sandbox``: address ``ifname``, bring it and ``lo`` up, route by default via ``gateways``.
+    """Inside ``sandbox``: address ``ifname``, bring it (and ``lo``, unless ``loopback`` is false because it
+    is up already) up, route by default via ``gateways``.
 
     Returns the interface's MAC address. An IPv6 address is added without duplicate address detection
     (``nodad``) so it is usable at once, as the addresses are allocated uniquely anyway. Each netlink
@@ -193,7 +230,8 @@ async def configure_interface(
         link = links[0]
         index = link["index"]
         mac = str(link.get("address") or "")
-        await _call("bring up lo", lambda: ipr.link("set", ifname="lo", state="up"))
+        if loopback:
+            await _call("bring up lo", lambda: ipr.link("set", ifname="lo", state="up"))
         for cidr in addresses:
             iface = ipaddress.ip_interface(cidr)
             extra: dict[str, Any] = {"flags": IFA_F_NODAD} if iface.version == 6 else {}

@@ -156,30 +156,48 @@ def create_netns(name: str) -> str:
 
 async def acreate_netns(name: str) -> str:
     """:func:`create_netns` without blocking the event loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
+    path, _ = await acreate_netns_with(name, _nothing)
+    return path
 
-    def settle(error: BaseException | None) -> None:
+
+async def acreate_netns_with(name: str, fn: Callable[[], T]) -> tuple[str, T]:
+    """:func:`acreate_netns`, then ``fn()`` called inside the new namespace by the thread that made it (to
+    open a socket there without another thread); returns the path and what ``fn`` returned."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
         if future.cancelled():
+            if isinstance(result, socket.socket):
+                result.close()
             if error is None:
                 remove_netns(name)  # nobody is left to use or remove it
             return
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(None)
+            future.set_result(result)
 
     def target() -> None:
         try:
             _make_netns(name)
         except BaseException as exc:
-            loop.call_soon_threadsafe(settle, exc)
+            loop.call_soon_threadsafe(settle, None, exc)
+            return
+        try:
+            result = fn()
+        except BaseException as exc:
+            remove_netns(name)
+            loop.call_soon_threadsafe(settle, None, exc)
         else:
-            loop.call_soon_threadsafe(settle, None)
+            loop.call_soon_threadsafe(settle, result, None)
 
     threading.Thread(target=target, name="netns-create", daemon=True).start()
-    await future
-    return netns_path(name)
+    return netns_path(name), await future
+
+
+def _nothing() -> None:
+    return None
 
 
 def _in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -52,7 +52,7 @@ from agent.network.model import (
     PortBinding,
     SandboxRecord,
 )
-from agent.network.nsutil import acreate_netns, remove_netns
+from agent.network.nsutil import acreate_netns, acreate_netns_with, remove_netns
 from agent.network.ports import PortRequest, parse_exposed, parse_publish, publish_all_requests
 
 if TYPE_CHECKING:
@@ -223,37 +223,37 @@ class SandboxManager:
             raise SandboxExists(config.container_id)
         # A namespace of its own is made, and its loopback brought up, before taking the lock: that touches
         # nothing the lock guards, and it is a good part of a sandbox's time, which every other container
-        # starting on the host would otherwise wait for.
-        fresh = await self._fresh_netns(config)
+        # starting on the host would otherwise wait for. The thread that makes it also opens the netlink
+        # socket every later step in it uses.
+        fresh = ""
         try:
-            async with self.ctl.lock:
-                if config.container_id in self.state.sandboxes:
-                    raise SandboxExists(config.container_id)
-                undo = _Undo()
-                try:
-                    await self._create_locked(config, undo, fresh)
-                except BaseException:
-                    await undo.run()
-                    raise
-                return self.view(config.container_id)
+            async with contextlib.AsyncExitStack() as stack:
+                if self._needs_netns(config):
+                    name = f"{self.ctl.config.sandbox_prefix}{config.container_id[:12]}"
+                    fresh, sock = await acreate_netns_with(name, netlink.rtnl_socket)
+                    await stack.enter_async_context(netlink.holding(fresh, sock))
+                    await netlink.loopback_up(fresh)
+                async with self.ctl.lock:
+                    if config.container_id in self.state.sandboxes:
+                        raise SandboxExists(config.container_id)
+                    undo = _Undo()
+                    try:
+                        await self._create_locked(config, undo, fresh)
+                    except BaseException:
+                        await undo.run()
+                        raise
+                    return self.view(config.container_id)
         finally:
             if fresh:
                 record = self.state.sandboxes.get(config.container_id)
                 if record is None or record.netns != fresh:
                     remove_netns(fresh)  # failed, or not needed after all (a host network given by id)
 
-    async def _fresh_netns(self, config: SandboxConfig) -> str:
-        """A new namespace for the container with ``lo`` up, unless its mode needs none ("")."""
+    @staticmethod
+    def _needs_netns(config: SandboxConfig) -> bool:
+        """Whether the container gets a namespace of its own (a network given by id may still say host)."""
         mode = config.network_mode or DEFAULT_BRIDGE_NETWORK
-        if config.netns or mode == HOST_NETWORK or mode.startswith("container:"):
-            return ""
-        path = await acreate_netns(f"{self.ctl.config.sandbox_prefix}{config.container_id[:12]}")
-        try:
-            await netlink.loopback_up(path)
-        except BaseException:
-            remove_netns(path)
-            raise
-        return path
+        return not (config.netns or mode == HOST_NETWORK or mode.startswith("container:"))
 
     async def _create_locked(self, config: SandboxConfig, undo: _Undo, fresh: str = "") -> None:
         # Registered first so it runs last: the rules are reloaded once the state is rolled back.
@@ -297,9 +297,11 @@ class SandboxManager:
             record = replace(record, netns=config.netns, owned=False)
             await netlink.loopback_up(record.netns)
         else:
-            path = fresh or await self._fresh_netns(config)
+            path = fresh or await acreate_netns(f"{self.ctl.config.sandbox_prefix}{config.container_id[:12]}")
             record = replace(record, netns=path, owned=True)
             undo.push(lambda: _async(remove_netns, path))
+            if not fresh:
+                await netlink.loopback_up(path)
         self._put_sandbox(record, undo)
         if network is not None:
             if requests and (network.internal or not self.ctl.drivers[network.driver].publishes_ports):
