@@ -348,6 +348,8 @@ async def run(duration: float, rounds: int, updates: int) -> dict[str, Any]:
             for host in bench.hosts:
                 await host.overlay.settled()
             mtu = h1.overlay.mtu(NETWORK_ID)
+            # Both paths' streams use it; with BBR (paced) the ratio is not the CPU cost ratio alone.
+            congestion = nsutil.read_sysctl(client_ns, "net.ipv4.tcp_congestion_control")
 
             # Alternated, best of each: on a shared machine the least disturbed run is the fair comparison.
             underlay_runs: list[float] = []
@@ -365,6 +367,8 @@ async def run(duration: float, rounds: int, updates: int) -> dict[str, Any]:
     ratio = overlay_gbps / underlay_gbps if underlay_gbps else 0.0
     return {
         "bench": "overlay",
+        "kernel": os.uname().release,
+        "tcp_congestion_control": congestion,
         "overlay_mtu": mtu,
         "iperf_rounds": rounds,
         "underlay_gbps": round(underlay_gbps, 2),
@@ -396,7 +400,10 @@ def main() -> None:
         print("bench.overlay needs root, iperf3 and busybox", file=sys.stderr)
         sys.exit(2)
     result = asyncio.run(run(args.duration, args.rounds, args.updates))
-    print(f"overlay MTU {result['overlay_mtu']}")
+    print(
+        f"overlay MTU {result['overlay_mtu']}, TCP congestion control {result['tcp_congestion_control']}, "
+        f"kernel {result['kernel']}"
+    )
     print(
         f"throughput: underlay {result['underlay_gbps']} Gbit/s, overlay {result['overlay_gbps']} Gbit/s "
         f"(ratio {result['throughput_ratio']}, goal >= {GOAL_RATIO})"

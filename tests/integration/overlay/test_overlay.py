@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agent.network import nsutil
@@ -59,6 +61,10 @@ async def test_devices_are_built_as_the_network_asks(lab: OverlayLab) -> None:
     assert status == 0, out
     assert f"vxlan id {VNI}" in out and f"local {h1.addr}" in out and "dstport 4789" in out
     assert "nolearning" in out and "proxy" in out and "mtu 1450" in out
+    if os.path.exists("/proc/sys/net/bridge"):
+        # Nothing filters in the network's namespace: br_netfilter is off there, and only there.
+        assert nsutil.read_sysctl(path, "net.bridge.bridge-nf-call-iptables") == "0"
+        assert nsutil.read_sysctl(h1.netns, "net.bridge.bridge-nf-call-iptables") == "1"
     # The container's interface: the overlay MTU (underlay 1500 - 50) and the MAC derived from its address.
     status, out = await run(a.netns, "ip", "-o", "link", "show", "eth0")
     assert "mtu 1450" in out and mac_for("10.0.9.3") in out, out
