@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -90,8 +91,35 @@ def _plain(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _plain(v) for k, v in data.items()}
     if hasattr(data, "__dataclass_fields__"):
-        return to_plain(data)
+        return _plain_object(data)
     return data
+
+
+#: Plain forms of model objects rendered lately, by identity. The store's cache hands out the same immutable
+#: objects until they change, and a client that polls a list (a progress display, a benchmark waiting for its
+#: tasks) would otherwise have every object encoded again on every request. An entry goes with its object.
+_PLAIN: dict[int, tuple[weakref.ref[Any], Any]] = {}
+#: Beyond this many entries objects are encoded each time (a bound on the memory the cache takes).
+PLAIN_CACHE_LIMIT = 50_000
+
+
+def _plain_object(obj: Any) -> Any:
+    key = id(obj)
+    entry = _PLAIN.get(key)
+    if entry is not None and entry[0]() is obj:
+        return entry[1]
+    plain = to_plain(obj)
+    if len(_PLAIN) < PLAIN_CACHE_LIMIT:
+
+        def forget(_: weakref.ref[Any]) -> None:
+            _PLAIN.pop(key, None)
+
+        try:
+            ref = weakref.ref(obj, forget)
+        except TypeError:
+            return plain  # not weakly referenceable: not cached
+        _PLAIN[key] = (ref, plain)
+    return plain
 
 
 @web.middleware

@@ -125,6 +125,19 @@ async def test_update_is_conditional_and_starts_a_rolling_update(client: TestCli
     assert rolled["status"]["update_state"] == UpdateState.ROLLBACK_STARTED.value
 
 
+async def test_a_list_polled_again_shows_each_object_as_it_is_now(client: TestClient[Any, Any]) -> None:
+    # Rendered objects are kept while they are current (pollers are served without encoding them again);
+    # an object that changed is a new one and is rendered afresh.
+    await client.post("/services/create", json=spec())
+    first = await (await client.get("/services")).json()
+    assert await (await client.get("/services")).json() == first
+    version = first[0]["meta"]["version"]
+    r = await client.post(f"/services/web/update?version={version}", json={**spec(), "replicas": 5})
+    assert r.status == 200
+    (now,) = await (await client.get("/services")).json()
+    assert now["spec"]["replicas"] == 5 and now["meta"]["version"] > version
+
+
 async def test_secrets_never_show_their_data(client: TestClient[Any, Any]) -> None:
     import base64
 
