@@ -30,7 +30,6 @@ from agent.runtime.containers.state import ContainerRecord
 from agent.runtime.errors import (
     ContainerNotFound,
     ImageError,
-    ImageInUse,
     InvalidContainerConfig,
     InvalidFilter,
     InvalidVolume,
@@ -129,13 +128,15 @@ class LocalRuntime:
         return self.images.get(name)
 
     async def remove_image(self, name: str, *, force: bool = False, prune: bool = True) -> list[Removal]:
-        """``docker rmi``: refused while a container uses the image; never forced past a running one."""
-        image = self.images.get(name)
-        running = [r.id for r in self.containers.list() if r.config.image_id == image.id and r.state.running]
-        if force and running:
-            reason = f"image is being used by running container {running[0][:12]} (cannot be forced)"
-            raise ImageInUse(name, image.id, reason, running)
-        removals = await asyncio.to_thread(self.images.remove, name, force=force, in_use=self.image_users)
+        """``docker rmi``: refused while a container uses the image; never forced past a running one (but
+        untagging one of an image's several names always works, as in Docker)."""
+
+        def running(image_id: str) -> list[str]:
+            return [r.id for r in self.containers.list() if r.config.image_id == image_id and r.state.running]
+
+        removals = await asyncio.to_thread(
+            self.images.remove, name, force=force, in_use=self.image_users, running=running
+        )
         if prune and any(r.kind == "Deleted" for r in removals):
             await asyncio.to_thread(self.snapshots.prune_layers)
         return removals

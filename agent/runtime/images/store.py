@@ -281,8 +281,17 @@ class ImageStore:
             self._write_entries(_tidy(_point(entries, str(ref), manifest)))
         return ref
 
-    def remove(self, name: str, *, force: bool = False, in_use: InUse | None = None) -> list[Removal]:
-        """``docker rmi NAME``; see the module docstring for the rules. Returns what was done."""
+    def remove(
+        self,
+        name: str,
+        *,
+        force: bool = False,
+        in_use: InUse | None = None,
+        running: InUse | None = None,
+    ) -> list[Removal]:
+        """``docker rmi NAME``; see the module docstring for the rules. Returns what was done. ``running``
+        names the running containers of an image: deleting it is refused even when forced (untagging one
+        of several references never is)."""
         with self._locked():
             entries = self._read_entries()
             digest = self._resolve(name, entries)
@@ -299,6 +308,10 @@ class ImageStore:
                     return [Removal("Untagged", familiar(by_reference))]
             elif not force and len({_repo_of(r) for r in refs}) > 1:
                 raise ImageInUse(name, image.id, "image is referenced in multiple repositories")
+            busy = list(running(image.id)) if running is not None and force else []
+            if busy:
+                reason = f"image is being used by running container {busy[0][:12]} (cannot be forced)"
+                raise ImageInUse(name, image.id, reason, busy)
             users = list(in_use(image.id)) if in_use is not None else []
             if users and not force:
                 short = image.short_id

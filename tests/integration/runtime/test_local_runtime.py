@@ -88,6 +88,26 @@ async def test_rm_removes_the_snapshot_and_image_rm_waits_for_it(local_runtime: 
     )
 
 
+async def test_a_running_containers_image_loses_an_extra_name_but_is_never_forced_away(
+    local_runtime: LocalRuntime,
+) -> None:
+    rt = local_runtime
+    rt.images.tag("busybox", "extra/name:v1")
+    record = await rt.create(ContainerConfig(image="busybox", cmd=("sleep", "60")))
+    await rt.containers.start(record.id)
+    try:
+        # One of several names goes, forced or not (docker rmi [-f] extra/name:v1).
+        assert [(r.kind, r.value) for r in await rt.remove_image("extra/name:v1", force=True)] == [
+            ("Untagged", "extra/name:v1")
+        ]
+        # The image itself stays while a container runs it, even forced.
+        with pytest.raises(ImageInUse, match=r"running container \w+ \(cannot be forced\)"):
+            await rt.remove_image("busybox", force=True)
+        assert rt.image("busybox").id == record.config.image_id
+    finally:
+        await rt.remove(record.id, force=True)
+
+
 async def test_auto_remove_takes_anonymous_volumes_and_wait_removed(local_runtime: LocalRuntime) -> None:
     rt = local_runtime
     record = await rt.create(
