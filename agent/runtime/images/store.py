@@ -306,6 +306,13 @@ class ImageStore:
                     entries = [e for e in entries if e.ref != by_reference]
                     self._write_entries(_tidy(entries))
                     return [Removal("Untagged", familiar(by_reference))]
+                if self._twins(digest, image.id, entries):
+                    # Another manifest of the same image (a pull and a load of one image) keeps it alive: as
+                    # for Docker, whose images are their config, this only removes a name.
+                    remaining = [e for e in entries if e.digest != digest]
+                    self._write_entries(_tidy(remaining))
+                    self._collect(image.manifest, remaining)
+                    return [Removal("Untagged", familiar(r)) for r in refs]
             elif not force and len({_repo_of(r) for r in refs}) > 1:
                 raise ImageInUse(name, image.id, "image is referenced in multiple repositories")
             busy = list(running(image.id)) if running is not None and force else []
@@ -323,6 +330,11 @@ class ImageStore:
             out.append(Removal("Deleted", image.id))
             self._collect(image.manifest, remaining)
             return out
+
+    def _twins(self, digest: str, image_id: str, entries: Sequence[_Entry]) -> bool:
+        """Whether another manifest with a name is of the same image (its config) as ``digest``."""
+        others = {e.digest for e in entries if e.digest != digest and e.ref is not None}
+        return any(self.manifest(d).config.digest == image_id for d in others)
 
     def _names_reference(self, name: str, entries: Sequence[_Entry], digest: str) -> str | None:
         """The index reference ``name`` was resolved through, or None when it was an id or digest."""

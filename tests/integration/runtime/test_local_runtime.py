@@ -108,6 +108,31 @@ async def test_a_running_containers_image_loses_an_extra_name_but_is_never_force
         await rt.remove(record.id, force=True)
 
 
+async def test_a_name_on_another_manifest_of_a_running_image_is_only_untagged(
+    local_runtime: LocalRuntime,
+) -> None:
+    rt = local_runtime
+    # A docker-save tarball of busybox loaded under another name: a manifest of its own, the same image.
+    saved = io.BytesIO()
+    rt.images.tag("busybox", "twin:v1")
+    await rt.save(["twin:v1"], saved)
+    await rt.remove_image("twin:v1")
+    saved.seek(0)
+    await rt.load(saved)
+    assert rt.image("twin:v1").id == rt.image("busybox").id
+    assert rt.image("twin:v1").manifest.digest != rt.image("busybox").manifest.digest
+    record = await rt.create(ContainerConfig(image="busybox", cmd=("sleep", "60")))
+    await rt.containers.start(record.id)
+    try:
+        removals = await rt.remove_image("twin:v1", force=True)
+        assert [r.kind for r in removals] == ["Untagged"]
+        assert rt.image("busybox").id == record.config.image_id
+        with pytest.raises(ImageNotFound):
+            rt.image("twin:v1")
+    finally:
+        await rt.remove(record.id, force=True)
+
+
 async def test_auto_remove_takes_anonymous_volumes_and_wait_removed(local_runtime: LocalRuntime) -> None:
     rt = local_runtime
     record = await rt.create(
