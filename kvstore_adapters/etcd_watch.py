@@ -81,9 +81,10 @@ class EtcdWatch(Watch):
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            if self._call is None and not await self._open():
-                await self._sleep()
-                continue
+            if self._call is None:
+                if not await self._open():
+                    await self._sleep()
+                continue  # close() may have come while the stream was being opened
             try:
                 resp = await self._call.read()
             except asyncio.CancelledError:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from api import OBJECT_KINDS, Secret, Task, decode_msgpack, encode_msgpack, new_id, utcnow
 from api.errors import CodecError
-from kvstore_adapters import CompactedError, Compare, Delete, EventType, KVStore, Op, Put
+from kvstore_adapters import CompactedError, Compare, Delete, EventType, KVStore, Op, Put, Watch
 from manager.errors import AlreadyExists, Conflict, NotFound
 from manager.secretbox import SecretBox, SecretSealError
 
@@ -99,17 +99,26 @@ class ObjectStore:
         self._advanced = asyncio.Condition()
         self._subscribers: set[asyncio.Queue[Change]] = set()
         self._watcher: asyncio.Task[None] | None = None
+        #: The watch :meth:`_follow` reads, closed by :meth:`stop`.
+        self._watch: Watch | None = None
+        self._stopping = False
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load every object, then follow the store's changes in the background."""
         await self._load()
+        self._stopping = False
         self._watcher = asyncio.create_task(self._follow(), name="object-store-watch")
 
     async def stop(self) -> None:
         """Stop following changes."""
         if self._watcher is not None:
+            # Closing the watch ends a read in progress. A cancellation alone may not: a task cancelled
+            # while it waits in grpc's read of an etcd watch stream can wait on until the next message.
+            self._stopping = True
             self._watcher.cancel()
+            if self._watch is not None:
+                await self._watch.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
@@ -129,9 +138,10 @@ class ObjectStore:
         self._publish(changes)
 
     async def _follow(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 async with self.kv.watch("", start_revision=self.revision + 1) as events:
+                    self._watch = events
                     async for ev in events:
                         change = self._apply(ev.type, ev.key, ev.value, ev.revision)
                         self.revision = max(self.revision, ev.revision)

@@ -7,6 +7,7 @@ Run one backend: ``.venv/bin/pytest tests/contract/test_object_store.py -k etcd`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -163,3 +164,16 @@ async def test_a_new_manager_loads_what_exists(stores: Callable[[], asyncio.Futu
     late = await stores()
     assert sorted(x.meta.id for x in late.objects(Service)) == sorted(x.meta.id for x in created)
     assert late.revision >= created[-1].meta.version
+
+
+async def test_stop_ends_at_once_even_with_a_read_of_the_watch_pending(backend: Backend) -> None:
+    # A cancelled read of an etcd watch stream could wait on for its next message; stop must not.
+    for i in range(30):
+        kv = await backend.open()
+        s = ObjectStore(kv)
+        await s.start()
+        await s.create(service(f"round-{i}"))
+        started = time.monotonic()
+        await s.stop()
+        assert time.monotonic() - started < 3.0, f"stop took {time.monotonic() - started:.1f}s"
+        await kv.close()
