@@ -8,8 +8,10 @@ removed. Tasks that stay assigned after they ended are kept (so their container 
 the manager drops them.
 
 At start the worker asks the executor what it created earlier (an agent restart); whatever of that the
-first full set does not claim is shut down and removed. Anything the executor did not create is never
-listed, so never touched.
+first full set does not claim is shut down and removed. A task the set still lists but the manager has
+ended meanwhile (ORPHANED: the agent was away longer than the heartbeat grace, and the task now runs
+elsewhere) is shut down too, and removed once the manager drops it. Anything the executor did not create
+is never listed, so never touched.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class Worker:
         if frame.full and not self._had_full:
             self._had_full = True
             for task_id in self._leftovers - assigned:
-                self._spawn_cleanup(task_id)
+                # Only the id survives a restart here; the executor knows how it stops what it made.
+                self._spawn_cleanup(Task(meta=Meta(id=task_id)))
             self._leftovers.clear()
 
     def _forget_unused_secrets(self) -> None:
@@ -99,6 +102,10 @@ class Worker:
     def _add(self, task: Task) -> None:
         ctl = TaskController(task, self.executor, self.dependencies)
         self.controllers[task.meta.id] = ctl
+        if task.meta.id in self._leftovers and task.status.state.is_terminal:
+            # Its controller starts from the manager's verdict and does nothing more, but the executor may
+            # still run what it started before this agent went away: stop that (its slot runs elsewhere).
+            self._spawn_cleanup(task, remove=False)
         self._leftovers.discard(task.meta.id)
         self._runners[task.meta.id] = asyncio.get_running_loop().create_task(
             self._run(ctl), name=f"task-{task.meta.id}"
@@ -159,13 +166,18 @@ class Worker:
         except ExecutorError as e:
             log.warning("could not remove task %s: %s", task_id, e)
 
-    def _spawn_cleanup(self, task_id: str) -> None:
+    def _spawn_cleanup(self, task: Task, *, remove: bool = True) -> None:
+        """Shut down (and unless ``remove`` is false, remove) a task left over from before a restart."""
+        task_id = task.meta.id
+
         async def cleanup() -> None:
             try:
-                # Only the id survives a restart here; the executor knows how it stops what it made.
-                await self.executor.shutdown(Task(meta=Meta(id=task_id)))
-                await self.executor.remove(task_id)
-                log.info("removed task %s left over from before a restart", task_id)
+                await self.executor.shutdown(task)
+                if remove:
+                    await self.executor.remove(task_id)
+                log.info(
+                    "%s task %s left over from before a restart", "removed" if remove else "stopped", task_id
+                )
             except ExecutorError as e:
                 log.warning("could not clean up task %s: %s", task_id, e)
 

@@ -160,6 +160,31 @@ async def test_leftovers_from_before_a_restart_are_cleaned_up_and_foreign_things
         await worker.stop()
 
 
+async def test_a_leftover_the_manager_ended_meanwhile_is_stopped_and_removed_once_dropped() -> None:
+    ex = SimExecutor(start_delay=0)
+    for t in (task("orphan"), task("kept")):
+        await ex.prepare(t, TaskDependencies())
+        await ex.start(t)
+    reports = Reports()
+    worker = Worker(ex, reports)
+    await worker.start()
+    try:
+        # Away longer than the grace: the manager marked "orphan" ORPHANED and runs its slot elsewhere, but
+        # still lists it (history) for this node.
+        ended = TaskStatus(state=TaskState.ORPHANED)
+        orphan = task("orphan", status=ended, desired_state=TaskState.SHUTDOWN)
+        kept = task("kept", status=TaskStatus(state=TaskState.RUNNING))
+        worker.assign(Assignments(full=True, tasks=(orphan, kept)))
+        await until(lambda: ex.running() == {"kept"})
+        await asyncio.sleep(0.02)
+        assert "orphan" in ex.tasks and ex.removed == [], "kept while the manager lists it"
+        assert "orphan" not in reports.by_task, "the manager's verdict stands; nothing to report"
+        worker.assign(Assignments(removed=("orphan",)))
+        await until(lambda: ex.removed == ["orphan"])
+    finally:
+        await worker.stop()
+
+
 async def test_networks_and_secrets_of_a_task_reach_the_executor(
     setup: tuple[Worker, SimExecutor, Reports],
 ) -> None:
