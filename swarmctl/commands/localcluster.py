@@ -1,9 +1,10 @@
 """``swarmctl cluster up|down|status``: a whole cluster on this machine, for trying Shoal out.
 
-``up`` starts an embedded etcd, a manager and ``--hosts`` agents, each host a network namespace on a private
-underlay (swarmctl/localcluster), optionally deploys a stack on it, and says what to try next: among it,
-the URL of each port the stack publishes, once it answers on this machine's loopback address. Running it
-again while the cluster is up changes nothing. ``down`` removes everything ``up`` made. Root only.
+``up`` starts an embedded store (etcd, or ZooKeeper with ``--store zookeeper``), a manager and ``--hosts``
+agents, each host a network namespace on a private underlay (swarmctl/localcluster), optionally deploys a
+stack on it, and says what to try next: among it, the URL of each port the stack publishes, once it answers
+on this machine's loopback address. Running it again while the cluster is up changes nothing. ``down``
+removes everything ``up`` made. Root only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import click
 from swarmctl.commands.cluster import cluster
 from swarmctl.localcluster.cluster import LocalCluster, LocalClusterConfig, LocalClusterError
 from swarmctl.localcluster.forward import published_ports
+from swarmctl.localcluster.store import STORES
 
 DEFAULT_DIR = "/var/lib/shoal/local"
 
@@ -41,10 +43,11 @@ def _local(
     prefix: str = "shoal",
     subnet: str = "10.213.0.0/24",
     forward_addr: str = "127.0.0.1",
+    store: str = STORES[0],
 ) -> LocalCluster:
     if os.geteuid() != 0:
         raise click.ClickException("a local cluster needs root (network namespaces, runc)")
-    config = LocalClusterConfig(base_dir, hosts, prefix, subnet, forward_addr=forward_addr)
+    config = LocalClusterConfig(base_dir, hosts, prefix, subnet, forward_addr=forward_addr, store=store)
     return LocalCluster(config)
 
 
@@ -67,6 +70,13 @@ def _local(
     show_default=True,
     help="Loopback address on which published ports answer on this machine ('' for none).",
 )
+@click.option(
+    "--store",
+    type=click.Choice(STORES),
+    default=STORES[0],
+    show_default=True,
+    help="The KV store the manager keeps the cluster in (run on host0's loopback).",
+)
 def up(
     hosts: int,
     stack_file: str | None,
@@ -75,9 +85,10 @@ def up(
     prefix: str,
     subnet: str,
     publish_addr: str,
+    store: str,
 ) -> None:
     """Start a local cluster (and deploy a stack on it)."""
-    lc = _local(base_dir, hosts, prefix=prefix, subnet=subnet, forward_addr=publish_addr)
+    lc = _local(base_dir, hosts, prefix=prefix, subnet=subnet, forward_addr=publish_addr, store=store)
     try:
         asyncio.run(lc.up())
     except LocalClusterError as e:
@@ -104,7 +115,7 @@ def up(
     urls = asyncio.run(_answering_urls(lc, stack_name)) if stack_file else []
     registry = lc.registry_addr()
     click.echo(
-        f"\nThe local cluster is up: a manager and {hosts} agent hosts.\n"
+        f"\nThe local cluster is up: a manager on {store} and {hosts} agent hosts.\n"
         + "".join(f"  curl {url}\n" for url in urls)
         + f"  export SHOAL_HOST={host}\n"
         "  swarmctl node ls\n"

@@ -1,6 +1,6 @@
-"""A whole cluster on this machine: an embedded etcd, a manager and N agent hosts in network namespaces.
+"""A whole cluster on this machine: an embedded store, a manager and N agent hosts in network namespaces.
 
-``host0`` runs etcd (on its own loopback), the manager (on its underlay address, port 2377) and a registry
+``host0`` runs the store (on its loopback), the manager (on its underlay address, port 2377) and a registry
 (docker-registry, port 5000, seeded with busybox; agents may use it over plain HTTP); ``host1`` …
 ``hostN`` each run an agent with the real runc executor. Users and tests reach the manager through its unix
 socket, which crosses namespaces, so no cluster address ever exists outside the cluster's namespaces. Each
@@ -8,6 +8,10 @@ agent's image store is seeded with the local busybox image, unpacked as ``docker
 services run with no registry at all and their first containers do not wait for the unpacking.
 Published ports answer on this machine's loopback address (``forward_addr``) through a forwarder process
 (swarmctl/localcluster/forward.py) that carries each connection into ``host1``'s namespace.
+
+The store is a single-member etcd or, with ``store="zookeeper"``, a standalone ZooKeeper
+(swarmctl/localcluster/store.py). :meth:`LocalCluster.add_host` joins one more agent host to a running
+cluster, as a machine added later.
 
 :meth:`LocalCluster.down` removes everything :meth:`up` made and nothing else: the processes it started
 (by PID), the containers of its agents (through each agent's private runc root), their mounts, the
@@ -28,13 +32,14 @@ from pathlib import Path
 
 import aiohttp
 
-from agent.network.nsutil import NETNS_RUN_DIR, remove_netns
+from agent.network.nsutil import NETNS_RUN_DIR, arun_in_netns, remove_netns
 from agent.runtime.containers import cgroups
 from agent.runtime.images.baseimages import make_busybox
 from agent.runtime.images.store import ImageStore
 from agent.runtime.local import LocalRuntimeOptions
 from agent.runtime.snapshots import open_snapshotter
 from swarmctl.localcluster.hosts import HostInfo, Underlay
+from swarmctl.localcluster.store import LocalStore
 
 MANAGER_PORT = 2377
 #: The cluster's registry listens on host0's underlay address at this port (docker-registry's default).
@@ -62,6 +67,13 @@ class LocalClusterConfig:
     forward_addr: str = ""
     #: Run a registry on host0 holding the base images (busybox), which every agent may use over HTTP.
     registry: bool = True
+    #: The KV store host0 runs for the manager: "etcd" or "zookeeper".
+    store: str = "etcd"
+
+    @property
+    def store_url(self) -> str:
+        """The manager's ``--store`` (it answers inside host0's namespace only)."""
+        return LocalStore(self.store, self.base_dir).url
 
     @property
     def socket(self) -> Path:
@@ -112,18 +124,19 @@ class LocalCluster:
     async def _start_store_and_manager(self, host: HostInfo) -> None:
         assert self.underlay is not None
         base = self.config.base_dir
-        etcd_dir = base / "etcd"
+        store = LocalStore(self.config.store, base)
+        log = base / "logs" / store.log_name
+        proc = self.underlay.spawn(host, store.argv(), log, stop_last=True)  # the manager's shutdown uses it
+        deadline = time.monotonic() + self.config.timeout
+        while not await arun_in_netns(host.netns, store.answers):
+            if proc.poll() is not None:
+                raise LocalClusterError(f"{store.kind} exited while starting; see {log}")
+            if time.monotonic() > deadline:
+                raise LocalClusterError(f"{store.kind} did not answer; see {log}")
+            await asyncio.sleep(0.1)
         self.underlay.spawn(
             host,
-            ["etcd", "--name", "local", "--data-dir", str(etcd_dir),
-             "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
-             "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-             "--initial-cluster", "local=http://127.0.0.1:2380"],
-            base / "logs" / "etcd.log",
-        )  # fmt: skip
-        self.underlay.spawn(
-            host,
-            [sys.executable, "-m", "manager.main", "--store", "etcd://127.0.0.1:2379/shoal",
+            [sys.executable, "-m", "manager.main", "--store", store.url,
              "--listen-addr", f"{_ip(host)}:{MANAGER_PORT}", "--socket", str(self.config.socket),
              "--state-dir", str(base / "manager")],
             base / "logs" / "manager.log",
@@ -207,6 +220,30 @@ class LocalCluster:
              "--netns", host.netns, "--target", _ip(host), "--listen", self.config.forward_addr],
             self.config.base_dir / "logs" / "forward.log",
         )  # fmt: skip
+
+    async def add_host(self) -> str:
+        """One more agent host on the running cluster, joined with the worker token; its name, once its node
+        is ready. :meth:`down` removes it with the others."""
+        if self.underlay is None:
+            self.underlay = Underlay.load(self.config.state_file)
+        host = await self.underlay.add_host()
+        manager_addr = f"{_ip(self.underlay.hosts[0])}:{MANAGER_PORT}"
+        self._start_agent(host, manager_addr, await self._worker_token(), self.registry_addr())
+        deadline = time.monotonic() + self.config.timeout
+        while not await self._node_ready(host.name):
+            if time.monotonic() > deadline:
+                log = self.config.base_dir / "logs" / f"{host.name}.log"
+                raise LocalClusterError(f"{host.name} did not become ready; see {log}")
+            await asyncio.sleep(0.2)
+        return host.name
+
+    async def _node_ready(self, hostname: str) -> bool:
+        nodes = await self._get("/nodes")
+        assert isinstance(nodes, list)
+        return any(
+            n["status"]["description"]["hostname"] == hostname and n["status"]["state"] == "ready"
+            for n in nodes
+        )
 
     def _host(self, name: str) -> HostInfo:
         assert self.underlay is not None, "the cluster is not up"

@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pyroute2 import AsyncIPRoute
+
 from agent.network.netlink import configure_interface, create_veth, ensure_bridge, iproute, loopback_up
 from agent.network.nsutil import create_netns, netns_path, remove_netns
 
@@ -48,6 +50,8 @@ class UnderlayState:
     netns: str
     hosts: list[HostInfo] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    #: Of ``pids``, the ones to stop only after all the others have ended (what they depend on).
+    last: list[int] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,7 @@ class UnderlayState:
             netns=raw["netns"],
             hosts=[HostInfo(**h) for h in raw["hosts"]],
             pids=list(raw["pids"]),
+            last=list(raw.get("last", [])),
         )
 
 
@@ -90,35 +95,61 @@ class Underlay:
 
     async def create(self, count: int) -> list[HostInfo]:
         """The underlay and ``count`` hosts; on failure, whatever was made is removed again."""
-        net = ipaddress.ip_network(self.state.subnet)
-        addresses = list(net.hosts())
         try:
             self._save()  # first, so a crash half-way still leaves a record of what to remove
             create_netns(self.state.netns)
             await loopback_up(self.state.netns)
             async with iproute(self.state.netns) as ipr:
                 bridge = await ensure_bridge(ipr, "br0", [], MTU)
-                for i in range(count):
-                    host = HostInfo(
-                        name=f"host{i}",
-                        netns=f"{self.state.prefix}-h{i}",
-                        addr=f"{addresses[i + 1]}/{net.prefixlen}",
-                    )
-                    self.state.hosts.append(host)
-                    self._save()
-                    create_netns(host.netns)
-                    await create_veth(ipr, f"ul{i}", "eth0", host.netns, bridge, MTU, hairpin=False)
-                    await configure_interface(host.netns, "eth0", [host.addr], [], MTU)
+                for _ in range(count):
+                    await self._add(ipr, bridge)
         except BaseException:
             self.destroy()
             raise
         return self.hosts
 
+    async def add_host(self) -> HostInfo:
+        """One more host on the existing underlay, with the next number and address. On failure the new
+        host's namespace (and with it its veth) is removed again; the other hosts are left as they are."""
+        before = len(self.state.hosts)
+        try:
+            async with iproute(self.state.netns) as ipr:
+                bridge = await ensure_bridge(ipr, "br0", [], MTU)
+                return await self._add(ipr, bridge)
+        except BaseException:
+            for host in self.state.hosts[before:]:
+                remove_netns(host.netns)
+            del self.state.hosts[before:]
+            self._save()
+            raise
+
+    async def _add(self, ipr: AsyncIPRoute, bridge: int) -> HostInfo:
+        """Host number ``len(hosts)``: its namespace, its veth on ``bridge`` and its underlay address."""
+        i = len(self.state.hosts)
+        net = ipaddress.ip_network(self.state.subnet)
+        if i + 2 >= net.num_addresses - 1:
+            raise ValueError(f"the underlay {net} has no address left for host{i}")
+        addr = net.network_address + i + 2  # .1 is left for a gateway, as it always was
+        host = HostInfo(name=f"host{i}", netns=f"{self.state.prefix}-h{i}", addr=f"{addr}/{net.prefixlen}")
+        self.state.hosts.append(host)
+        self._save()  # before the namespace exists, so that destroy() finds it whatever happens next
+        create_netns(host.netns)
+        await create_veth(ipr, f"ul{i}", "eth0", host.netns, bridge, MTU, hairpin=False)
+        await configure_interface(host.netns, "eth0", [host.addr], [], MTU)
+        return host
+
     def spawn(
-        self, host: HostInfo | None, argv: list[str], log: Path, env: dict[str, str] | None = None
+        self,
+        host: HostInfo | None,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        stop_last: bool = False,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``host``'s network namespace (``None``: the machine's own), logging to
-        ``log``; its PID is recorded."""
+        ``log``; its PID is recorded. ``stop_last``: :meth:`destroy` stops it only once every process
+        without it has ended (a store the others still talk to while they shut down)."""
         log.parent.mkdir(parents=True, exist_ok=True)
         enter = ["nsenter", f"--net={netns_path(host.netns)}", "--"] if host is not None else []
         with log.open("ab") as out:
@@ -131,27 +162,36 @@ class Underlay:
                 start_new_session=True,  # a Ctrl-C in the terminal that ran `up` must not reach it
             )
         self.state.pids.append(proc.pid)
+        if stop_last:
+            self.state.last.append(proc.pid)
         self._save()
         return proc
 
     def destroy(self, grace: float = 10.0) -> None:
-        """Stop every process this underlay started (by PID) and remove its namespaces."""
-        live = [pid for pid in self.state.pids if _alive(pid)]
-        for pid in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while live and time.monotonic() < deadline:
-            live = [pid for pid in live if _alive(pid)]
-            time.sleep(0.05)
-        for pid in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """Stop every process this underlay started (by PID), those spawned with ``stop_last`` after the
+        others, and remove its namespaces."""
+        _stop([pid for pid in self.state.pids if pid not in self.state.last], grace)
+        _stop(self.state.last, grace)
         for host in self.state.hosts:
             remove_netns(host.netns)
         remove_netns(self.state.netns)
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+
+
+def _stop(pids: list[int], grace: float) -> None:
+    """SIGTERM to each of ``pids``, SIGKILL to those still there ``grace`` seconds later."""
+    live = [pid for pid in pids if _alive(pid)]
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while live and time.monotonic() < deadline:
+        live = [pid for pid in live if _alive(pid)]
+        time.sleep(0.05)
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

@@ -1,39 +1,55 @@
-"""A real cluster on this machine: embedded etcd, a manager and three agents in network-namespace hosts,
-running busybox containers under runc (swarmctl/localcluster). One cluster serves the whole module.
+"""A real cluster on this machine: an embedded store, a manager and three agents in network-namespace hosts,
+running busybox containers under runc (swarmctl/localcluster). One cluster serves the whole module on each
+store: every test runs on etcd and again on ZooKeeper.
 
 What a user does with services is checked end to end here: create, scale, update, roll back, remove;
 overlay networking across hosts (by address, by name, through the service's VIP); draining a node; the
-restart policy of a failing task.
+restart policy of a failing task; a task whose health check starts failing replaced in its slot; an update
+whose new tasks fail paused, then rolled back (by hand, and by its failure action); a global service
+reaching a host that joins the cluster later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.health import UNHEALTHY_ERROR
+from api.objects import SECOND
 from swarmctl.localcluster.cluster import LocalCluster, LocalClusterConfig
 from tests.e2e.cluster.support import Client, until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    base = tmp_path_factory.mktemp("cluster") / "c"
-    prefix = f"se{os.getpid() % 10000}"
-    c = LocalCluster(LocalClusterConfig(base_dir=base, hosts=3, prefix=prefix, subnet="10.213.3.0/24"))
+#: Per store: the namespace prefix and the underlay of its cluster, apart from every other test's.
+STORES = {"etcd": ("se", "10.213.3.0/24"), "zookeeper": ("sz", "10.213.13.0/24")}
+
+
+@pytest.fixture(scope="module", params=list(STORES))
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    store: str = request.param
+    tag, subnet = STORES[store]
+    base = tmp_path_factory.mktemp(f"cluster-{store}") / "c"
+    prefix = f"{tag}{os.getpid() % 10000}"
+    config = LocalClusterConfig(base_dir=base, hosts=3, prefix=prefix, subnet=subnet, store=store)
+    c = LocalCluster(config)
     try:
         asyncio.run(c.up())
         yield c
     finally:
         c.down()
-    assert not [n for n in os.listdir("/run/netns") if n.startswith(prefix)], "namespaces left behind"
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{prefix}-")], "namespaces left behind"
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +215,112 @@ def test_drain_moves_tasks_and_restart_policy_limits_attempts(api: Client) -> No
     assert len(tasks) == 3
     assert all(t["status"]["exit_code"] == 3 for t in tasks)
     api.ok("DELETE", "/services/crash")
+
+
+def running_containers(cluster: LocalCluster) -> dict[str, int]:
+    """Host name → how many containers run in its agent's runc root."""
+    counts: dict[str, int] = {}
+    for root in sorted(cluster.config.base_dir.glob("host*/runtime/runc")):
+        out = subprocess.run(
+            ["runc", "--root", str(root), "list", "-f", "json"], capture_output=True, text=True
+        )
+        listed = json.loads(out.stdout or "null") or []
+        counts[root.parents[1].name] = sum(1 for c in listed if c["status"] == "running")
+    return counts
+
+
+def test_a_task_whose_health_check_fails_is_replaced_in_its_slot(
+    api: Client, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # The check looks for a file the test puts in a directory bound into every task's container, so the
+    # test decides when tasks are healthy.
+    flag = tmp_path / "flag"
+    flag.mkdir()
+    (flag / "ok").touch()
+    check = {"test": ["CMD-SHELL", "test -f /flag/ok"], "interval_ns": 300_000_000, "timeout_ns": 2 * SECOND}
+    spec = service(
+        "checked",
+        1,
+        task={"restart_policy": {"condition": "any", "delay_ns": 100_000_000}},
+    )
+    spec["task"]["container"]["healthcheck"] = {**check, "retries": 2}
+    spec["task"]["container"]["stop_grace_period_ns"] = SECOND  # sleep, as PID 1, ignores SIGTERM
+    spec["task"]["container"]["mounts"] = [{"type": "bind", "source": str(flag), "target": "/flag"}]
+    api.ok("POST", "/services/create", spec)
+    (first,) = until(lambda: api.running("checked"), what="the first task to be healthy and running")
+
+    (flag / "ok").unlink()
+
+    def failed_unhealthy() -> dict[str, Any] | None:
+        old = next(t for t in api.tasks("checked") if t["meta"]["id"] == first["meta"]["id"])
+        return old if old["status"]["state"] == "failed" else None
+
+    until(failed_unhealthy, what="the task to fail its health check")
+    (flag / "ok").touch()
+    (new,) = until(lambda: api.running("checked"), what="a healthy replacement")
+    old = failed_unhealthy()
+    assert old is not None and old["status"]["err"] == UNHEALTHY_ERROR
+    assert old["desired_state"] == "shutdown"
+    assert new["meta"]["id"] != first["meta"]["id"] and new["slot"] == first["slot"]
+    until(lambda: sum(running_containers(cluster).values()) == 1, what="only the replacement's container")
+    api.ok("DELETE", "/services/checked")
+    until(lambda: sum(running_containers(cluster).values()) == 0, what="checked's container to go")
+
+
+def args_of(api: Client, name: str) -> list[list[str]]:
+    return sorted(t["spec"]["container"]["args"] for t in api.running(name))
+
+
+def test_a_failing_update_pauses_and_is_rolled_back(api: Client) -> None:
+    good = ["sleep", "100000"]
+    bad = ["sh", "-c", "sleep 1; exit 1"]  # RUNNING first, then FAILED within the monitor period
+    # The delay keeps the second slot waiting until the first one's new task has failed.
+    monitor = {"parallelism": 1, "delay_ns": 4 * SECOND, "monitor_ns": 3 * SECOND, "failure_action": "pause"}
+    spec = service("upd", 2, update_config=monitor)
+    spec["task"]["container"]["stop_grace_period_ns"] = SECOND  # sleep, as PID 1, ignores SIGTERM
+    api.ok("POST", "/services/create", spec)
+    until(lambda: len(api.running("upd")) == 2, what="upd running")
+
+    update(api, "upd", image_args=bad)
+    svc = until(
+        lambda: (s := api.ok("GET", "/services/upd"))["status"]["update_state"] == "paused" and s,
+        what="the update to pause",
+    )
+    assert svc["status"]["update_message"].startswith("update paused due to failure"), svc["status"]
+    time.sleep(1.0)  # paused: the other slot is left on the previous spec
+    assert args_of(api, "upd").count(good) == 1
+    api.ok("POST", "/services/upd/rollback")
+    until(
+        lambda: api.ok("GET", "/services/upd")["status"]["update_state"] == "rollback_completed",
+        what="the rollback to complete",
+    )
+    until(lambda: args_of(api, "upd") == [good, good], what="both slots back on the previous spec")
+
+    update(api, "upd", image_args=bad, update_config={**monitor, "failure_action": "rollback"})
+    svc = until(
+        lambda: (s := api.ok("GET", "/services/upd"))["status"]["update_state"] == "rollback_completed" and s,
+        what="the failed update to roll itself back",
+    )
+    assert svc["spec"]["task"]["container"]["args"] == good
+    until(lambda: args_of(api, "upd") == [good, good], what="both slots on the previous spec again")
+    api.ok("DELETE", "/services/upd")
+
+
+def test_a_global_service_runs_on_a_host_that_joins_later(api: Client, cluster: LocalCluster) -> None:
+    # Last in the module: it leaves the cluster a host bigger.
+    spec = {**service("everywhere", 0), "mode": "global"}
+    spec["task"]["container"]["stop_grace_period_ns"] = SECOND  # sleep, as PID 1, ignores SIGTERM
+    api.ok("POST", "/services/create", spec)
+    until(lambda: len(api.running("everywhere")) == 3, what="one task on each of the three hosts")
+
+    name = asyncio.run(cluster.add_host())
+    nodes = api.ok("GET", "/nodes")
+    (joined,) = [n for n in nodes if n["status"]["description"]["hostname"] == name]
+    assert joined["spec"]["role"] == "worker"
+    tasks = until(lambda: len(r := api.running("everywhere")) == 4 and r, what="a task on the new host")
+    assert len({t["node_id"] for t in tasks}) == 4
+    assert any(t["node_id"] == joined["meta"]["id"] for t in tasks)
+    assert running_containers(cluster)[name] == 1  # a real container on the new host
+
+    api.ok("DELETE", "/services/everywhere")
+    until(lambda: not any(running_containers(cluster).values()), what="its containers to go everywhere")

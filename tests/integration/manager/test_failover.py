@@ -1,5 +1,5 @@
-"""Several managers on one real etcd: exactly one leads, and when it dies another takes over and
-scheduling goes on."""
+"""Several managers on one real store (etcd, and the same tests on ZooKeeper): exactly one leads, and when
+it dies another takes over and scheduling goes on."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from api import Annotations, Node, Service, TaskState
 from api.objects import ContainerSpec, Meta, NodeState, NodeStatus, ServiceSpec, TaskSpec
 from manager.ca import write_private
 from manager.daemon import Manager, ManagerConfig
-from tests.servers import EtcdServer, unique_prefix
+from tests.servers import EtcdServer, ZooKeeperServer, unique_prefix
 
 TTL = 2.0
+
+
+@pytest.fixture(params=["etcd", "zookeeper"])
+def store_server(request: pytest.FixtureRequest) -> EtcdServer | ZooKeeperServer:
+    """The session's etcd, then its ZooKeeper."""
+    server = request.getfixturevalue("etcd_server" if request.param == "etcd" else "zk_server")
+    assert isinstance(server, EtcdServer | ZooKeeperServer)
+    return server
 
 
 async def until(check: Callable[[], bool], timeout: float) -> float:
@@ -61,8 +71,10 @@ def web(name: str, replicas: int) -> Service:
     )
 
 
-async def test_leader_stops_and_the_other_manager_takes_over(etcd_server: EtcdServer, tmp_path: Path) -> None:
-    url = f"etcd://{etcd_server.endpoint}/{unique_prefix('failover')}"
+async def test_leader_stops_and_the_other_manager_takes_over(
+    store_server: EtcdServer | ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = store_server.url_with_prefix(unique_prefix("failover"))
     a, b = Manager(config(url, tmp_path, "a")), Manager(config(url, tmp_path, "b"))
     await a.start()
     await b.start()
@@ -100,8 +112,10 @@ async def test_leader_stops_and_the_other_manager_takes_over(etcd_server: EtcdSe
         await b.stop()
 
 
-async def test_leader_process_killed_with_sigkill(etcd_server: EtcdServer, tmp_path: Path) -> None:
-    url = f"etcd://{etcd_server.endpoint}/{unique_prefix('sigkill')}"
+async def test_leader_process_killed_with_sigkill(
+    store_server: EtcdServer | ZooKeeperServer, tmp_path: Path
+) -> None:
+    url = store_server.url_with_prefix(unique_prefix("sigkill"))
     log = (tmp_path / "leader.log").open("w")
     proc = subprocess.Popen(
         [
