@@ -165,17 +165,17 @@ def test_failed_prepare_leaves_no_mount_and_no_directory(image_store: ImageStore
     assert [p.name for p in snap.layers_dir.iterdir()] == [image.diff_ids[0].partition(":")[2]]
     # A mount that fails (work dir removed underneath) is cleaned up the same way.
     good = build_image(image_store, [LOWER], "good")
-    real_mount = snap._mount
+    real_mount = snap._mount_new  # the mount a new snapshot gets
 
     def failing_mount(*args: object) -> None:
         raise MountError("c2", "simulated", 5)
 
-    snap._mount = failing_mount  # type: ignore[method-assign]
+    snap._mount_new = failing_mount  # type: ignore[method-assign,assignment]
     try:
         with pytest.raises(MountError):
             snap.prepare("c2", good.id)
     finally:
-        snap._mount = real_mount  # type: ignore[method-assign]
+        snap._mount_new = real_mount  # type: ignore[method-assign]
     assert list(snap.containers_dir.iterdir()) == []
 
 
