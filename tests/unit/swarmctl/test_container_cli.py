@@ -27,7 +27,6 @@ from tests.unit.swarmctl.fake_manager import (
 N1 = node_ref("n1aaaaaaaaaaaaaaaaaaaaaa", "node-1", "10.0.0.1")
 N2 = node_ref("n2bbbbbbbbbbbbbbbbbbbbbb", "node-2", "10.0.0.2:2377")
 CID = "c0ffee" + "0" * 58
-NOW = int(time.time())
 
 
 def summary(cid: str, name: str, node: dict[str, str], created: int, **extra: Any) -> dict[str, Any]:
@@ -46,28 +45,32 @@ def summary(cid: str, name: str, node: dict[str, str], created: int, **extra: An
     }
 
 
-LIST = [
-    summary("a" * 64, "old", N1, NOW - 3600, State="exited", Status="Exited (0) 1 hour ago"),
-    summary(
-        "b" * 64,
-        "web",
-        N2,
-        NOW - 120,
-        Command="/docker-entrypoint.sh nginx -g 'daemon off;'",
-        Ports=[
-            {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
-            {"IP": "::", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
-            {"PrivatePort": 443, "Type": "tcp"},
-        ],
-        Labels={"tier": "front"},
-    ),
-]
+def listing() -> list[dict[str, Any]]:
+    """Two containers, created an hour and two minutes before now (the time the test runs, not the time it
+    was collected: a whole suite takes minutes)."""
+    now = int(time.time())
+    return [
+        summary("a" * 64, "old", N1, now - 3600, State="exited", Status="Exited (0) 1 hour ago"),
+        summary(
+            "b" * 64,
+            "web",
+            N2,
+            now - 120,
+            Command="/docker-entrypoint.sh nginx -g 'daemon off;'",
+            Ports=[
+                {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+                {"IP": "::", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+                {"PrivatePort": 443, "Type": "tcp"},
+            ],
+            Labels={"tier": "front"},
+        ),
+    ]
 
 
 @pytest.fixture
 def fake(tmp_path: Path) -> Iterator[FakeManager]:
     with fake_manager(tmp_path) as f:
-        f.route("GET", "/containers/json", Reply(body=LIST))
+        f.route("GET", "/containers/json", Reply(body=listing()))
         inspect = {"Id": CID, "Name": "/job", "State": {"Status": "running"}, "Node": N1}
         f.route("GET", "/containers/[^/]+(/[^/]+)?/json", Reply(body=inspect))
         yield f

@@ -25,7 +25,6 @@ from tests.unit.swarmctl.fake_manager import (
 N1 = node_ref("n1aaaaaaaaaaaaaaaaaaaaaa", "node-1", "10.0.0.1")
 N2 = node_ref("n2bbbbbbbbbbbbbbbbbbbbbb", "node-2", "10.0.0.2")
 N3 = node_ref("n3cccccccccccccccccccccc", "node-3", "10.0.0.3")
-NOW = int(time.time())
 BUSYBOX = "sha256:" + "b" * 64
 APP = "sha256:" + "a" * 64
 
@@ -44,12 +43,15 @@ def img(
     }
 
 
-IMAGES = [
-    img(BUSYBOX, ["busybox:latest"], N1, NOW - 86400 * 20, 4_261_000),
-    img(BUSYBOX, ["busybox:latest", "10.0.0.9:5000/busybox:latest"], N2, NOW - 86400 * 20, 4_261_000),
-    img(APP, ["10.0.0.9:5000/team/app:v1"], N2, NOW - 300, 12_345_678),
-    img("sha256:" + "c" * 64, [], N1, NOW - 7200, 1234, RepoDigests=["old@sha256:" + "d" * 64]),
-]
+def images() -> list[dict[str, Any]]:
+    """Four images on two nodes, made at times relative to when the test runs (not when it was collected)."""
+    now = int(time.time())
+    return [
+        img(BUSYBOX, ["busybox:latest"], N1, now - 86400 * 20, 4_261_000),
+        img(BUSYBOX, ["busybox:latest", "10.0.0.9:5000/busybox:latest"], N2, now - 86400 * 20, 4_261_000),
+        img(APP, ["10.0.0.9:5000/team/app:v1"], N2, now - 300, 12_345_678),
+        img("sha256:" + "c" * 64, [], N1, now - 7200, 1234, RepoDigests=["old@sha256:" + "d" * 64]),
+    ]
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def fake(tmp_path: Path) -> Iterator[FakeManager]:
             node(N3["ID"], "node-3", "10.0.0.3", NodeState.DOWN),
         ]
         f.route("GET", "/nodes", Reply(body=nodes))
-        f.route("GET", "/images/json", Reply(body=IMAGES))
+        f.route("GET", "/images/json", Reply(body=images()))
         yield f
 
 
@@ -84,7 +86,7 @@ def engine(node: dict[str, str], path: str) -> str:
     ],
 )
 def test_image_references_match_as_docker_resolves_them(ref: str, matches: bool) -> None:
-    assert image_matches(IMAGES[1], ref) is matches
+    assert image_matches(images()[1], ref) is matches
 
 
 def test_tags_split_after_the_last_slash() -> None:
@@ -93,7 +95,7 @@ def test_tags_split_after_the_last_slash() -> None:
 
 
 def test_rows_per_tag_per_node_newest_first() -> None:
-    rows = image_rows(IMAGES)
+    rows = image_rows(images())
     assert [(r["Repository"], r["Tag"], r["Node"]) for r in rows] == [
         ("10.0.0.9:5000/team/app", "v1", "node-2"),
         ("old", "<none>", "node-1"),
@@ -107,7 +109,7 @@ def test_rows_per_tag_per_node_newest_first() -> None:
         and rows[0]["CreatedSince"] == "5 minutes ago"
     )
     assert rows[1]["Digest"] == "sha256:" + "d" * 64
-    assert image_rows(IMAGES, no_trunc=True)[0]["ID"] == APP
+    assert image_rows(images(), no_trunc=True)[0]["ID"] == APP
 
 
 # --- ls ----------------------------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def test_ls_prints_docker_columns_and_the_node(fake: FakeManager) -> None:
 
 def test_ls_of_one_node_asks_its_engine(fake: FakeManager) -> None:
     fake.route(
-        "GET", engine(N2, "/images/json"), Reply(body=[{k: v for k, v in IMAGES[2].items() if k != "Node"}])
+        "GET", engine(N2, "/images/json"), Reply(body=[{k: v for k, v in images()[2].items() if k != "Node"}])
     )
     code, out, _ = fake.run("image", "ls", "--node", "node-2", "--format", "json")
     assert code == 0
