@@ -28,6 +28,7 @@ from agent.identity import JoinRefused
 from agent.runtime.images.auth import RegistryOptions
 from agent.runtime.local import DEFAULT_INSECURE, LocalRuntimeOptions
 from api.errors import ShoalError
+from api.gctune import tune_for_daemon
 
 log = logging.getLogger("shoal.agent")
 
@@ -220,6 +221,7 @@ async def _serve(
 
 def main() -> None:
     """Console-script entry point."""
+    tune_for_daemon()  # api/gctune.py: collector pauses were the tail of every latency
     cli()
 
 

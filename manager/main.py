@@ -10,6 +10,7 @@ import sys
 import click
 
 from api.errors import ShoalError
+from api.gctune import tune_for_daemon
 from manager.daemon import Manager, ManagerConfig
 
 
@@ -100,6 +101,7 @@ async def _serve(config: ManagerConfig) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    tune_for_daemon()  # api/gctune.py: collector pauses were the tail of every latency
     cli()
 
 
