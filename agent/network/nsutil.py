@@ -43,21 +43,12 @@ def run_in_netns(netns: str | None, fn: Callable[..., T], *args: Any) -> T:
     if netns is None:
         return fn(*args)
     path = netns_path(netns)
-    box: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            _enter(path)
-            box["result"] = fn(*args)
-        except BaseException as exc:
-            box["error"] = exc
+    def entered() -> T:
+        _enter(path)
+        return fn(*args)
 
-    thread = threading.Thread(target=target, name="netns-enter", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return cast(T, box["result"])
+    return _in_thread(entered)
 
 
 async def arun_in_netns(netns: str | None, fn: Callable[..., T], *args: Any) -> T:
@@ -211,7 +202,7 @@ def _in_thread(fn: Callable[..., T], *args: Any) -> T:
         except BaseException as exc:
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name="netns-create", daemon=True)
+    thread = threading.Thread(target=target, name="netns-thread", daemon=True)
     thread.start()
     thread.join()
     if "error" in box:
