@@ -55,33 +55,19 @@ async def arun_in_netns(netns: str | None, fn: Callable[..., T], *args: Any) -> 
     """:func:`run_in_netns` without blocking the event loop."""
     if netns is None:
         return fn(*args)
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
     path = netns_path(netns)
 
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.cancelled():
-            # Nobody will take the sockets made in the namespace: close them rather than leak them.
-            for item in result if isinstance(result, tuple) else (result,):
-                if isinstance(item, socket.socket):
-                    item.close()
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+    def entered() -> T:
+        _enter(path)
+        return fn(*args)
 
-    def target() -> None:
-        try:
-            _enter(path)
-            result = fn(*args)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+    def abandon(result: T) -> None:
+        # Nobody will take the sockets made in the namespace: close them rather than leak them.
+        for item in result if isinstance(result, tuple) else (result,):
+            if isinstance(item, socket.socket):
+                item.close()
 
-    threading.Thread(target=target, name="netns-enter", daemon=True).start()
-    return await future
+    return await _awaited_thread(entered, abandon)
 
 
 def bound_socket(family: int, type_: int, address: tuple[Any, ...], *, reuse: bool = False) -> socket.socket:
@@ -154,15 +140,33 @@ async def acreate_netns(name: str) -> str:
 async def acreate_netns_with(name: str, fn: Callable[[], T]) -> tuple[str, T]:
     """:func:`acreate_netns`, then ``fn()`` called inside the new namespace by the thread that made it (to
     open a socket there without another thread); returns the path and what ``fn`` returned."""
+
+    def made() -> T:
+        _make_netns(name)
+        try:
+            return fn()
+        except BaseException:
+            remove_netns(name)
+            raise
+
+    def abandon(result: T) -> None:
+        if isinstance(result, socket.socket):
+            result.close()
+        remove_netns(name)  # nobody is left to use or remove it
+
+    return netns_path(name), await _awaited_thread(made, abandon)
+
+
+async def _awaited_thread(fn: Callable[[], T], abandon: Callable[[T], None]) -> T:
+    """``fn()`` on a thread of its own that ends afterwards, awaited without blocking the event loop; if the
+    awaiting task is cancelled first, ``abandon`` gets what ``fn`` made so that nothing leaks."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
     def settle(result: Any, error: BaseException | None) -> None:
         if future.cancelled():
-            if isinstance(result, socket.socket):
-                result.close()
             if error is None:
-                remove_netns(name)  # nobody is left to use or remove it
+                abandon(result)
             return
         if error is not None:
             future.set_exception(error)
@@ -171,20 +175,14 @@ async def acreate_netns_with(name: str, fn: Callable[[], T]) -> tuple[str, T]:
 
     def target() -> None:
         try:
-            _make_netns(name)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-            return
-        try:
             result = fn()
         except BaseException as exc:
-            remove_netns(name)
             loop.call_soon_threadsafe(settle, None, exc)
         else:
             loop.call_soon_threadsafe(settle, result, None)
 
-    threading.Thread(target=target, name="netns-create", daemon=True).start()
-    return netns_path(name), await future
+    threading.Thread(target=target, name="netns-thread", daemon=True).start()
+    return await future
 
 
 def _nothing() -> None:
